@@ -1,0 +1,1 @@
+"""Identity: strict SPIFFE IDs, SVID sources and per-trust-domain peer verification."""

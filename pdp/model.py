@@ -1,0 +1,366 @@
+"""Value types shared by every layer: the request, the decision and its reasons.
+
+One request shape serves the CLI, the gRPC service, the audit record and replay.
+:func:`parse_request` is the single parser: it turns untrusted JSON-like data into
+a :class:`Request` or raises :class:`RequestError` naming the field and the rule.
+Tool arguments and intents are attacker-controlled (prompt injection), so every
+size, depth and name is bounded here, before anything reaches Cedar.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
+
+JsonValue = Any  # JSON data as produced by json.loads: dict, list, str, int, float, bool, None
+
+
+class RequestError(ValueError):
+    """A request breaks a rule. ``field`` is a dotted path, ``rule`` a stable short code."""
+
+    def __init__(self, field: str, rule: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.rule = rule
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on untrusted input. Defaults are safe; each is configurable."""
+
+    max_arguments_bytes: int = 64 * 1024  # arguments, JSON-encoded
+    max_depth: int = 16  # nesting of objects/arrays inside arguments
+    max_string_bytes: int = 8 * 1024  # any string value inside arguments or intent
+    max_name_bytes: int = 256  # server, tool, object keys, session, purpose
+    max_intent_tools: int = 256
+    max_collection_items: int = 1024  # entries in one object or array
+
+
+DEFAULT_LIMITS = Limits()
+
+# Server and tool names become Cedar entity ids ("server/tool"); keep them to a
+# conservative charset so that '/' and '*' can never be smuggled into them.
+_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]*\Z", re.ASCII)
+# Keys that Cedar's JSON format interprets as escapes (entity references, extension
+# values); an attacker must not be able to forge an entity through tool arguments.
+_RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What the agent declared it is doing: a purpose and the tools it may need."""
+
+    purpose: str
+    tools: tuple[str, ...]  # "server/tool" or "server/*"
+    expires_at: datetime | None = None
+
+    def covers(self, server: str, tool: str) -> bool:
+        return f"{server}/{tool}" in self.tools or f"{server}/*" in self.tools
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {"purpose": self.purpose, "tools": list(self.tools)}
+        if self.expires_at is not None:
+            out["expires_at"] = format_time(self.expires_at)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One question: may ``agent`` call ``server``/``tool`` with ``arguments``?"""
+
+    agent: str
+    server: str
+    tool: str
+    arguments: Mapping[str, JsonValue]
+    time: datetime
+    intent: Intent | None = None
+    session: str = ""
+    gateway: str = ""
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {
+            "agent": self.agent,
+            "server": self.server,
+            "tool": self.tool,
+            "arguments": self.arguments,
+        }
+        if self.intent is not None:
+            out["intent"] = self.intent.to_json()
+        if self.session:
+            out["session"] = self.session
+        if self.gateway:
+            out["gateway"] = self.gateway
+        out["time"] = format_time(self.time)
+        return out
+
+
+class Effect(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why: the ``@id`` of a determining policy (or a built-in code) and its ``@reason``."""
+
+    policy: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"policy": self.policy, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Effect
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    errors: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect is Effect.ALLOW
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "decision": self.effect.value,
+            "reasons": [r.to_json() for r in self.reasons],
+            "errors": list(self.errors),
+            "policy_version": self.policy_version,
+        }
+
+
+# Built-in reason codes that do not come from a policy file.
+REASON_INVALID_REQUEST = "invalid_request"
+REASON_DEFAULT_DENY = "default_deny"
+REASON_UNKNOWN_TOOL = "unknown_tool"
+REASON_EVALUATION_ERROR = "evaluation_error"
+REASON_INTERNAL_ERROR = "internal_error"
+
+
+def deny(policy_version: str, code: str, message: str, errors: tuple[str, ...] = ()) -> Decision:
+    return Decision(Effect.DENY, (Reason(code, message),), policy_version, errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated peer of a gRPC call (from its X.509-SVID)."""
+
+    spiffe_id: str
+    serial: str = ""
+    trust_domain: str = field(default="")
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(field_name: str, value: JsonValue) -> datetime:
+    if not isinstance(value, str) or len(value) > 64:
+        raise RequestError(field_name, "type", "must be an RFC 3339 timestamp string")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestError(
+            field_name, "format", f"{value!r} is not an RFC 3339 timestamp"
+        ) from None
+    if parsed.tzinfo is None:
+        raise RequestError(field_name, "format", "timestamp must carry a time zone (e.g. 'Z')")
+    return parsed.astimezone(UTC)
+
+
+def _string(field_name: str, value: JsonValue, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise RequestError(field_name, "type", "must be a string")
+    if len(value) > max_bytes or len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise RequestError(field_name, "too_long", f"is longer than {max_bytes} bytes")
+    return value
+
+
+def _name(field_name: str, value: JsonValue, limits: Limits) -> str:
+    text = _string(field_name, value, limits.max_name_bytes)
+    if not _NAME_RE.fullmatch(text):
+        raise RequestError(
+            field_name,
+            "charset",
+            "must start with a letter or digit and contain only letters, digits, '.', '_', ':', '-'",
+        )
+    return text
+
+
+def _spiffe(field_name: str, value: JsonValue) -> str:
+    text = _string(field_name, value, 2048)
+    try:
+        parse_spiffe_id(text, require_path=True)
+    except InvalidSpiffeId as exc:
+        raise RequestError(field_name, "spiffe_id", f"not a valid SPIFFE ID: {exc}") from None
+    return text
+
+
+def check_arguments(arguments: JsonValue, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Validates tool arguments against the limits and Cedar's value model.
+
+    Raises :class:`RequestError` with a path such as ``arguments.items[3].name``.
+    """
+    if not isinstance(arguments, dict):
+        raise RequestError("arguments", "type", "must be a JSON object")
+    # Walk iteratively: a hostile 10,000-level nesting must not hit Python's recursion limit.
+    stack: list[tuple[str, JsonValue, int]] = [("arguments", arguments, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, str):
+            if len(value) > limits.max_string_bytes or (
+                len(value.encode("utf-8", "surrogatepass")) > limits.max_string_bytes
+            ):
+                raise RequestError(
+                    path, "too_long", f"string is longer than {limits.max_string_bytes} bytes"
+                )
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not _I64_MIN <= value <= _I64_MAX:
+                raise RequestError(path, "range", "integer does not fit in 64 bits")
+        elif isinstance(value, float):
+            raise RequestError(
+                path,
+                "type",
+                "non-integer numbers are not supported (Cedar has no floats); send a string or an integer",
+            )
+        elif value is None:
+            raise RequestError(
+                path, "type", "null is not supported (Cedar has no null); omit the key"
+            )
+        elif isinstance(value, dict | list):
+            if depth >= limits.max_depth:
+                raise RequestError(path, "depth", f"nesting is deeper than {limits.max_depth}")
+            if len(value) > limits.max_collection_items:
+                raise RequestError(
+                    path, "too_many", f"has more than {limits.max_collection_items} entries"
+                )
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise RequestError(path, "type", "object keys must be strings")
+                    if len(key.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
+                        raise RequestError(
+                            f"{path}.{key[:32]}…",
+                            "too_long",
+                            f"key is longer than {limits.max_name_bytes} bytes",
+                        )
+                    if key in _RESERVED_KEYS:
+                        raise RequestError(f"{path}.{key}", "reserved", "is a reserved key")
+                    stack.append((f"{path}.{key}", item, depth + 1))
+            else:
+                for index, item in enumerate(value):
+                    stack.append((f"{path}[{index}]", item, depth + 1))
+        else:
+            raise RequestError(path, "type", f"unsupported value of type {type(value).__name__}")
+
+
+def encoded_size(arguments: Mapping[str, JsonValue]) -> int:
+    return len(json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _intent(value: JsonValue, limits: Limits) -> Intent | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError("intent", "type", "must be an object")
+    unknown = set(value) - {"purpose", "tools", "expires_at"}
+    if unknown:
+        raise RequestError(f"intent.{sorted(unknown)[0]}", "unknown_field", "is not a known field")
+    purpose = _string("intent.purpose", value.get("purpose", ""), limits.max_name_bytes)
+    tools_value = value.get("tools", [])
+    if not isinstance(tools_value, list):
+        raise RequestError("intent.tools", "type", "must be a list of 'server/tool' strings")
+    if len(tools_value) > limits.max_intent_tools:
+        raise RequestError(
+            "intent.tools", "too_many", f"has more than {limits.max_intent_tools} entries"
+        )
+    tools: list[str] = []
+    for index, entry in enumerate(tools_value):
+        path = f"intent.tools[{index}]"
+        text = _string(path, entry, 2 * limits.max_name_bytes + 1)
+        server, sep, tool = text.partition("/")
+        if not sep:
+            raise RequestError(path, "format", "must be 'server/tool' or 'server/*'")
+        _name(path, server, limits)
+        if tool != "*":
+            _name(path, tool, limits)
+        tools.append(text)
+    expires_at = None
+    if value.get("expires_at") is not None:
+        expires_at = parse_time("intent.expires_at", value["expires_at"])
+    return Intent(purpose=purpose, tools=tuple(tools), expires_at=expires_at)
+
+
+_REQUEST_FIELDS = frozenset(
+    {"agent", "server", "tool", "arguments", "intent", "session", "gateway", "time"}
+)
+
+
+def parse_request(
+    data: JsonValue,
+    *,
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+    arguments_size: int | None = None,
+) -> Request:
+    """Builds a :class:`Request` from untrusted JSON data, or raises :class:`RequestError`.
+
+    ``now`` is used when the request carries no ``time``. ``arguments_size``, when
+    the caller already knows the encoded size (e.g. from the wire), saves re-encoding.
+    """
+    if not isinstance(data, dict):
+        raise RequestError("request", "type", "must be a JSON object")
+    unknown = set(data) - _REQUEST_FIELDS
+    if unknown:
+        raise RequestError(sorted(unknown)[0], "unknown_field", "is not a known request field")
+    if "agent" not in data:
+        raise RequestError("agent", "required", "is required")
+    agent = _spiffe("agent", data["agent"])
+    for required in ("server", "tool"):
+        if required not in data:
+            raise RequestError(required, "required", "is required")
+    server = _name("server", data["server"], limits)
+    tool = _name("tool", data["tool"], limits)
+    arguments = data.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    check_arguments(arguments, limits)
+    size = arguments_size if arguments_size is not None else encoded_size(arguments)
+    if size > limits.max_arguments_bytes:
+        raise RequestError(
+            "arguments",
+            "too_large",
+            f"encoded size {size} exceeds {limits.max_arguments_bytes} bytes",
+        )
+    intent = _intent(data.get("intent"), limits)
+    session = _string("session", data.get("session", ""), limits.max_name_bytes)
+    gateway_value = data.get("gateway", "")
+    gateway = _spiffe("gateway", gateway_value) if gateway_value else ""
+    time = parse_time("time", data["time"]) if data.get("time") is not None else now
+    return Request(
+        agent=agent,
+        server=server,
+        tool=tool,
+        arguments=arguments,
+        time=time,
+        intent=intent,
+        session=session,
+        gateway=gateway,
+    )
