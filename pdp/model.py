@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
@@ -103,7 +103,7 @@ class Request:
         return out
 
 
-class Effect(str, Enum):
+class Effect(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
 
@@ -191,13 +191,13 @@ def _string(field_name: str, value: JsonValue, max_bytes: int) -> str:
     return value
 
 
-def _name(field_name: str, value: JsonValue, limits: Limits) -> str:
+def check_name(field_name: str, value: JsonValue, limits: Limits) -> str:
     text = _string(field_name, value, limits.max_name_bytes)
     if not _NAME_RE.fullmatch(text):
         raise RequestError(
             field_name,
             "charset",
-            "must start with a letter or digit and contain only letters, digits, '.', '_', ':', '-'",
+            "must start with a letter or digit and contain only letters, digits and . _ : -",
         )
     return text
 
@@ -211,11 +211,14 @@ def _spiffe(field_name: str, value: JsonValue) -> str:
     return text
 
 
-def check_arguments(arguments: JsonValue, limits: Limits = DEFAULT_LIMITS) -> None:
+def check_arguments(arguments: JsonValue, limits: Limits = DEFAULT_LIMITS) -> bool:
     """Validates tool arguments against the limits and Cedar's value model.
 
     Raises :class:`RequestError` with a path such as ``arguments.items[3].name``.
+    Returns True when integral floats (``3.0``, as protobuf Struct sends every
+    number) were seen; :func:`normalize_numbers` turns them into integers.
     """
+    integral_floats = False
     if not isinstance(arguments, dict):
         raise RequestError("arguments", "type", "must be a JSON object")
     # Walk iteratively: a hostile 10,000-level nesting must not hit Python's recursion limit.
@@ -235,11 +238,13 @@ def check_arguments(arguments: JsonValue, limits: Limits = DEFAULT_LIMITS) -> No
             if not _I64_MIN <= value <= _I64_MAX:
                 raise RequestError(path, "range", "integer does not fit in 64 bits")
         elif isinstance(value, float):
-            raise RequestError(
-                path,
-                "type",
-                "non-integer numbers are not supported (Cedar has no floats); send a string or an integer",
-            )
+            if not (value.is_integer() and _I64_MIN <= value <= _I64_MAX):
+                raise RequestError(
+                    path,
+                    "type",
+                    "non-integer numbers are not supported (Cedar has no floats); send a string",
+                )
+            integral_floats = True
         elif value is None:
             raise RequestError(
                 path, "type", "null is not supported (Cedar has no null); omit the key"
@@ -269,6 +274,18 @@ def check_arguments(arguments: JsonValue, limits: Limits = DEFAULT_LIMITS) -> No
                     stack.append((f"{path}[{index}]", item, depth + 1))
         else:
             raise RequestError(path, "type", f"unsupported value of type {type(value).__name__}")
+    return integral_floats
+
+
+def normalize_numbers(value: JsonValue) -> JsonValue:
+    """A copy of checked arguments with integral floats as ints (depth is already bounded)."""
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: normalize_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize_numbers(v) for v in value]
+    return value
 
 
 def encoded_size(arguments: Mapping[str, JsonValue]) -> int:
@@ -298,9 +315,9 @@ def _intent(value: JsonValue, limits: Limits) -> Intent | None:
         server, sep, tool = text.partition("/")
         if not sep:
             raise RequestError(path, "format", "must be 'server/tool' or 'server/*'")
-        _name(path, server, limits)
+        check_name(path, server, limits)
         if tool != "*":
-            _name(path, tool, limits)
+            check_name(path, tool, limits)
         tools.append(text)
     expires_at = None
     if value.get("expires_at") is not None:
@@ -336,12 +353,13 @@ def parse_request(
     for required in ("server", "tool"):
         if required not in data:
             raise RequestError(required, "required", "is required")
-    server = _name("server", data["server"], limits)
-    tool = _name("tool", data["tool"], limits)
+    server = check_name("server", data["server"], limits)
+    tool = check_name("tool", data["tool"], limits)
     arguments = data.get("arguments", {})
     if arguments is None:
         arguments = {}
-    check_arguments(arguments, limits)
+    if check_arguments(arguments, limits):
+        arguments = normalize_numbers(arguments)
     size = arguments_size if arguments_size is not None else encoded_size(arguments)
     if size > limits.max_arguments_bytes:
         raise RequestError(

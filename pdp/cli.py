@@ -1,0 +1,226 @@
+"""The `pdp` command line. Thin: it parses arguments, calls the library, formats output.
+
+Exit codes: 0 success / allow, 1 deny / validation or test failure, 2 usage error or
+unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import cedarpy
+
+from pdp.engine import Engine, PolicyLoadError, load_policies
+from pdp.policytest import SuiteError, discover, run_suites
+
+EXIT_OK, EXIT_DENY, EXIT_USAGE = 0, 1, 2
+DEFAULT_POLICIES = os.environ.get("PDP_POLICIES", "policies")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Bad input that the user must fix; printed as one line, exit 2."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+def _load_engine(directory: str) -> Engine:
+    try:
+        return Engine(load_policies(directory))
+    except PolicyLoadError as exc:
+        for diagnostic in exc.diagnostics:
+            print(f"{directory.rstrip('/')}/{diagnostic}", file=sys.stderr)
+        _fail(f"policies in {directory} are invalid ({len(exc.diagnostics)} problem(s))")
+
+
+def read_json_input(source: str) -> Any:
+    """Reads JSON from a file path or '-' (stdin); raises UsageError naming the problem."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {source}: {exc}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        _fail(f"{source}: JSON nesting is too deep")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- subcommands -----------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        compiled = load_policies(args.policies)
+    except PolicyLoadError as exc:
+        for diagnostic in exc.diagnostics:
+            print(f"{args.policies.rstrip('/')}/{diagnostic}")
+        print(f"invalid: {len(exc.diagnostics)} problem(s)", file=sys.stderr)
+        return EXIT_DENY
+    print(f"valid: {len(compiled)} policies, version {compiled.version}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    data = read_json_input(args.request)
+    engine = _load_engine(args.policies)
+    decision = engine.decide_json(data, now=datetime.now(UTC))
+    print_json(decision.to_json())
+    return EXIT_OK if decision.allowed else EXIT_DENY
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    engine = _load_engine(args.policies)
+    files = [Path(f) for f in args.files] or discover(Path(args.policies))
+    if not files:
+        _fail(f"no test suites (*.test.yaml, *.test.json) found in {args.policies}")
+    try:
+        results = run_suites(engine, files)
+    except SuiteError as exc:
+        _fail(str(exc))
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        print(f"FAIL {result.suite} :: {result.name}")
+        print(result.diff())
+        print()
+    if args.verbose:
+        for result in results:
+            if result.passed:
+                print(f"ok   {result.suite} :: {result.name}")
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_DENY if failed else EXIT_OK
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    targets: list[Path] = []
+    for name in args.paths or [args.policies]:
+        path = Path(name)
+        if path.is_dir():
+            targets.extend(p for p in sorted(path.rglob("*.cedar")) if p.is_file())
+        elif path.is_file():
+            targets.append(path)
+        else:
+            _fail(f"{name}: no such file or directory")
+    unformatted = 0
+    for path in targets:
+        text = path.read_text(encoding="utf-8")
+        try:
+            formatted = cedarpy.format_policies(text, line_width=args.line_width)
+        except ValueError as exc:
+            print(f"{path}: cannot format: {str(exc).splitlines()[0]}", file=sys.stderr)
+            unformatted += 1
+            continue
+        formatted = formatted.rstrip("\n") + "\n"
+        if formatted != text:
+            unformatted += 1
+            if args.check:
+                print(f"would reformat {path}")
+            else:
+                path.write_text(formatted, encoding="utf-8")
+                print(f"formatted {path}")
+    if args.check and unformatted:
+        return EXIT_DENY
+    return EXIT_OK
+
+
+def cmd_schema_from_mcp(args: argparse.Namespace) -> int:
+    from pdp.schemagen import SchemaGenError, from_mcp
+
+    document = read_json_input(args.tools_list)
+    try:
+        schema_text, inventory = from_mcp(document, args.server)
+    except SchemaGenError as exc:
+        _fail(str(exc))
+    if args.inventory:
+        print_json(inventory)
+    else:
+        sys.stdout.write(schema_text)
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------
+
+
+def _policies_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policies",
+        "-p",
+        default=DEFAULT_POLICIES,
+        metavar="DIR",
+        help="policy directory (default: $PDP_POLICIES or ./policies)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdp", description="SPIFFE-native policy decision point for AI-agent tool calls."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="parse and validate a policy directory")
+    _policies_option(p)
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("check", help="decide one request (JSON file or '-' for stdin)")
+    _policies_option(p)
+    p.add_argument("request", metavar="REQUEST.json")
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("test", help="run policy unit tests (*.test.yaml / *.test.json)")
+    _policies_option(p)
+    p.add_argument("files", nargs="*", metavar="FILE", help="default: suites in the directory")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list passing cases")
+    p.set_defaults(handler=cmd_test)
+
+    p = sub.add_parser("fmt", help="format Cedar files in place (or --check)")
+    _policies_option(p)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories")
+    p.add_argument("--check", action="store_true", help="exit 1 if a file would change")
+    p.add_argument("--line-width", type=int, default=100)
+    p.set_defaults(handler=cmd_fmt)
+
+    p = sub.add_parser("schema", help="schema helpers")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    q = schema_sub.add_parser(
+        "from-mcp", help="Cedar action declarations from an MCP tools/list result"
+    )
+    q.add_argument("tools_list", metavar="TOOLS_LIST.json")
+    q.add_argument("--server", required=True, help="the MCP server's name in the inventory")
+    q.add_argument(
+        "--inventory", action="store_true", help="print the entities.json fragment instead"
+    )
+    q.set_defaults(handler=cmd_schema_from_mcp)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"pdp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Loading a policy directory into an immutable, validated, versioned policy set.
+
+A policy directory holds::
+
+    schema.cedarschema   the Cedar schema: entity types, context, one action per tool
+    entities.json        the inventory (see pdp.engine.inventory)
+    **/*.cedar           author policies (permit and forbid), each with @id and @reason
+    floor/*.cedar        optional extra floor policies (forbid only)
+    **/*.test.yaml|json  policy unit tests, run by `pdp test` (ignored here)
+
+The built-in floor (``pdp/floor``) always loads, whatever directory is given.
+Everything is parsed and validated once; the result is a :class:`CompiledPolicies`
+that ``decide`` only reads, so it can be shared across threads and swapped atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import cedarpy
+
+from pdp.engine.inventory import INVENTORY_FILE, Inventory, InventoryError, load_inventory
+from pdp.engine.source import Diagnostic, PolicyUnit, parse_file
+
+SCHEMA_FILE = "schema.cedarschema"
+FLOOR_DIR = "floor"
+BUILTIN_FLOOR = Path(__file__).resolve().parent.parent / "floor"
+# Reason ids the engine itself produces; a policy must not reuse them.
+RESERVED_POLICY_IDS = frozenset(
+    {"default_deny", "invalid_request", "evaluation_error", "internal_error"}
+)
+
+
+class PolicyLoadError(Exception):
+    """A policy directory is broken. ``diagnostics`` locates every problem found."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(str(d) for d in diagnostics))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicies:
+    """A validated policy set, ready for evaluation. Never mutated after load."""
+
+    version: str
+    directory: Path
+    policies: Mapping[str, PolicyUnit]
+    policy_set: cedarpy.PolicySet
+    entities: cedarpy.Entities
+    schema: cedarpy.Schema
+    inventory: Inventory
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """Returns (author files, extra floor files) of a directory, sorted for a stable version."""
+    directory = directory.resolve()
+    floor_dir = (directory / FLOOR_DIR).resolve()
+    author: list[Path] = []
+    floor: list[Path] = []
+    for path in sorted(directory.rglob("*.cedar")):
+        resolved = path.resolve()
+        if resolved.is_relative_to(BUILTIN_FLOOR):
+            continue  # a symlink to the built-in floor, which always loads anyway
+        (floor if resolved.is_relative_to(floor_dir) else author).append(path)
+    return author, floor
+
+
+def _validate(
+    text: str, display: str, units: list[PolicyUnit], schema: cedarpy.Schema
+) -> list[Diagnostic]:
+    result = cedarpy.validate_policies(text, schema)
+    if result.validation_passed:
+        return []
+    by_position = {f"policy{i}": unit for i, unit in enumerate(units)}
+    out = []
+    for error in result.errors:
+        unit = by_position.get(error.policy_id)
+        line = unit.line if unit else 0
+        message = error.error
+        if unit is not None:
+            message = message.replace(f"`{error.policy_id}`", f'"{unit.policy_id}"')
+        out.append(Diagnostic(display, line, message))
+    return out
+
+
+def _action_parents(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
+    """The action hierarchy Cedar derived from the schema: action id -> parent action ids."""
+    out: dict[str, frozenset[str]] = {}
+    for entity in json.loads(str(entities)):
+        uid = entity["uid"]
+        if uid["type"] == "Action":
+            out[uid["id"]] = frozenset(p["id"] for p in entity["parents"] if p["type"] == "Action")
+    return out
+
+
+def _check_tools_against_schema(
+    inventory: Inventory, actions: dict[str, frozenset[str]], inventory_name: str, schema_name: str
+) -> list[Diagnostic]:
+    problems = []
+    for server, tool in sorted(inventory.tools):
+        action = f"{server}/{tool}"
+        parents = actions.get(action)
+        if parents is None:
+            problems.append(
+                Diagnostic(
+                    schema_name,
+                    0,
+                    f"tool {action} is in {inventory_name} but the schema declares no action"
+                    f' "{action}" (generate it with `pdp schema from-mcp`)',
+                )
+            )
+            continue
+        if server not in parents:
+            problems.append(
+                Diagnostic(
+                    schema_name, 0, f'action "{action}" must be declared in Action::"{server}"'
+                )
+            )
+        declared = inventory.tool_groups[(server, tool)]
+        if declared and declared != parents - {server}:
+            problems.append(
+                Diagnostic(
+                    inventory_name,
+                    0,
+                    f"tool {action}: groups {sorted(declared)} differ from the schema's"
+                    f" {sorted(parents - {server})}",
+                )
+            )
+    known = {f"{s}/{t}" for s, t in inventory.tools}
+    for action in sorted(actions):
+        if "/" in action and action not in known:
+            problems.append(
+                Diagnostic(
+                    inventory_name,
+                    0,
+                    f'the schema declares tool action "{action}"'
+                    " but no such tool is in the inventory",
+                )
+            )
+    return problems
+
+
+def load_policies(directory: Path | str) -> CompiledPolicies:
+    """Loads, validates and compiles a policy directory; raises :class:`PolicyLoadError`."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyLoadError([Diagnostic(str(root), 0, "policy directory does not exist")])
+    root = root.resolve()
+    digest = hashlib.sha256()
+    diagnostics: list[Diagnostic] = []
+
+    def read(path: Path, display: str) -> str | None:
+        try:
+            data = path.read_bytes()
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            diagnostics.append(Diagnostic(display, 0, f"cannot read: {exc}"))
+            return None
+        digest.update(display.encode() + b"\0" + data + b"\0")
+        return text
+
+    schema_path = root / SCHEMA_FILE
+    schema: cedarpy.Schema | None = None
+    if not schema_path.exists():
+        diagnostics.append(Diagnostic(SCHEMA_FILE, 0, "schema file is missing"))
+    else:
+        schema_text = read(schema_path, SCHEMA_FILE)
+        if schema_text is not None:
+            try:
+                schema = cedarpy.Schema.from_str(schema_text)
+            except ValueError as exc:
+                diagnostics.append(Diagnostic(SCHEMA_FILE, 0, f"invalid schema: {exc}"))
+
+    author_files, extra_floor = policy_files(root)
+    sources: list[tuple[Path, str, bool]] = [
+        (p, f"<floor>/{p.name}", True) for p in sorted(BUILTIN_FLOOR.glob("*.cedar"))
+    ]
+    sources += [(p, _display(p, root), True) for p in extra_floor]
+    sources += [(p, _display(p, root), False) for p in author_files]
+
+    units: dict[str, PolicyUnit] = {}
+    for path, display, is_floor in sources:
+        text = read(path, display)
+        if text is None:
+            continue
+        file_units, file_diagnostics = parse_file(text, display, floor=is_floor)
+        diagnostics += file_diagnostics
+        if file_diagnostics:
+            continue
+        for unit in file_units:
+            if unit.policy_id in RESERVED_POLICY_IDS:
+                diagnostics.append(
+                    Diagnostic(display, unit.line, f'@id "{unit.policy_id}" is reserved by pdp')
+                )
+            elif unit.policy_id in units:
+                first = units[unit.policy_id]
+                diagnostics.append(
+                    Diagnostic(
+                        display,
+                        unit.line,
+                        f'duplicate @id "{unit.policy_id}" (first defined at {first.location})',
+                    )
+                )
+            else:
+                units[unit.policy_id] = unit
+        if schema is not None:
+            diagnostics += _validate(text, display, file_units, schema)
+
+    inventory: Inventory | None = None
+    entities: cedarpy.Entities | None = None
+    inventory_path = root / INVENTORY_FILE
+    if read(inventory_path, INVENTORY_FILE) is not None or not inventory_path.exists():
+        try:
+            inventory = load_inventory(inventory_path, INVENTORY_FILE)
+        except InventoryError as exc:
+            diagnostics += exc.diagnostics
+    if inventory is not None and schema is not None:
+        try:
+            entities = cedarpy.Entities.from_json_str(json.dumps(list(inventory.entities)), schema)
+        except ValueError as exc:
+            diagnostics.append(Diagnostic(INVENTORY_FILE, 0, f"does not match the schema: {exc}"))
+        else:
+            diagnostics += _check_tools_against_schema(
+                inventory, _action_parents(entities), INVENTORY_FILE, SCHEMA_FILE
+            )
+
+    if diagnostics:
+        raise PolicyLoadError(diagnostics)
+    assert schema is not None and entities is not None and inventory is not None
+    policy_set = build_policy_set(units.values())
+    return CompiledPolicies(
+        version=digest.hexdigest()[:16],
+        directory=root,
+        policies=MappingProxyType(dict(units)),
+        policy_set=policy_set,
+        entities=entities,
+        schema=schema,
+        inventory=inventory,
+    )
+
+
+def build_policy_set(units: Any) -> cedarpy.PolicySet:
+    """A Cedar policy set whose policy ids are the policies' ``@id`` values.
+
+    Cedar then reports determining policies by ``@id`` directly: no positional
+    ``policyN`` to map back, and no ambiguity across files.
+    """
+    static = {unit.policy_id: unit.est for unit in units}
+    return cedarpy.PolicySet.from_json_str(
+        json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
+    )
