@@ -1,0 +1,307 @@
+"""Authenticates a gRPC peer from its X.509-SVID: one function, fail closed.
+
+grpc's TLS layer verifies client chains against one pooled root list (every trust
+domain's roots), so a CA of a federated trust domain could mint
+``spiffe://our.domain/admin`` and pass the handshake (spiffe/spiffe#375). The
+:class:`PeerVerifier` therefore re-runs RFC 5280 path validation against the bundle
+of the trust domain the leaf *claims*, and applies the X509-SVID leaf rules:
+
+* exactly one URI SAN, a strict SPIFFE ID with a non-root path (other SAN types ignored);
+* basicConstraints cA false; keyUsage present with digitalSignature and without
+  keyCertSign or cRLSign; if an EKU is present it includes clientAuth;
+* validity at ``now``; chain to a root of the leaf's own trust domain only.
+
+Path validation uses ``cryptography.x509.verification``'s client verifier. Its
+CA/B-Forum profile is stricter than RFC 5280 in two ways that would reject valid
+SVIDs from some issuers, so the end-entity extension policy relaxes exactly those:
+
+* an authorityKeyIdentifier is *optional* on the leaf (webpki requires it; it is only
+  a path-building hint and RFC 5280 exempts nothing from signature checks anyway);
+* the SAN may be critical when the subject is non-empty (RFC 5280 says SHOULD NOT,
+  webpki says MUST NOT). A critical SAN is still required when the subject is empty.
+
+Everything else of the profile stays: cA leaves, keyCertSign leaves, EKU without
+clientAuth (or with only anyExtendedKeyUsage), unknown critical extensions, CA
+certificates without cA/keyCertSign, path length, weak signature algorithms, and
+URI name constraints (unsupported, so rejected) all fail. The profile does *not*
+count URI SANs, check cRLSign, require keyUsage or digitalSignature, look at the
+SPIFFE ID, or bound the leaf's own key size; those checks are done here first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from pdp.identity.bundles import TrustDomainBundles
+from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeId, parse_spiffe_id
+from pdp.model import Caller
+
+BundlesProvider = Callable[[], TrustDomainBundles]
+
+MAX_INTERMEDIATES = 8
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 256
+_MAX_DETAIL = 160
+
+
+class PeerAuthError(Exception):
+    """The peer is not authenticated. ``reason`` is safe to return as the gRPC detail:
+    it never echoes unvalidated certificate content."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _san_critical_iff_subject_empty(
+    _policy: Any, cert: x509.Certificate, _san: x509.SubjectAlternativeName
+) -> None:
+    if len(cert.subject) == 0:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        if not san.critical:
+            raise ValueError("subjectAltName must be critical when the subject is empty")
+
+
+_EE_POLICY = (
+    ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
+    .require_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, _san_critical_iff_subject_empty
+    )
+)
+_CA_POLICY = ExtensionPolicy.webpki_defaults_ca()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    hits: int
+    misses: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    caller: Caller
+    not_before: datetime  # latest notBefore of the verified chain
+    not_after: datetime  # earliest notAfter of the verified chain
+
+
+class PeerVerifier:
+    """``authenticate(leaf_pem, chain_pem, now) -> Caller`` or :class:`PeerAuthError`.
+
+    ``bundles`` is called on every authentication so that a bundle rotation or a
+    removed trust domain takes effect on the next call, including on connections
+    that were established before. Successful results are cached per (leaf+chain
+    digest, bundle generation); a hit still checks the validity window at ``now``.
+    Thread-safe.
+    """
+
+    def __init__(self, bundles: BundlesProvider, *, cache_size: int = 4096) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self._bundles = bundles
+        self._cache_size = cache_size
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._stores: dict[str, Store] = {}
+        self._generation = -1
+        self._hits = 0
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def authenticate(self, leaf_pem: bytes, chain_pem: bytes, now: datetime) -> Caller:
+        """``chain_pem`` is the peer's chain as grpc reports it (``x509_pem_cert_chain``);
+        whether or not it starts with the leaf, the leaf is dropped from it."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        now = now.astimezone(UTC)
+        bundles = self._bundles()
+        key = _digest(leaf_pem, chain_pem)
+        with self._lock:
+            if bundles.generation != self._generation:
+                # New bundle set: nothing verified against the old one is trusted.
+                self._cache.clear()
+                self._stores.clear()
+                self._generation = bundles.generation
+            hit = self._cache.get(key)
+            if hit is not None and hit.not_before <= now <= hit.not_after:
+                self._cache.move_to_end(key)
+                self._hits += 1
+                return hit.caller
+            self._misses += 1
+        # Outside the lock: a miss verifies fully (and a stale hit re-verifies, which
+        # yields the precise reason, e.g. "expired").
+        verified = self._verify(leaf_pem, chain_pem, now, bundles)
+        if self._cache_size:
+            with self._lock:
+                if bundles.generation == self._generation:
+                    self._cache[key] = verified
+                    self._cache.move_to_end(key)
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        return verified.caller
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._cache))
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._stores.clear()
+
+    # -- the checks -------------------------------------------------------
+    def _verify(
+        self, leaf_pem: bytes, chain_pem: bytes, now: datetime, bundles: TrustDomainBundles
+    ) -> _Verified:
+        leaf = _load_leaf(leaf_pem)
+        intermediates = _load_intermediates(chain_pem, leaf)
+        try:
+            extensions = leaf.extensions
+        except (ValueError, x509.DuplicateExtension):
+            raise PeerAuthError(
+                "client certificate has malformed or duplicate extensions"
+            ) from None
+        spiffe_id = _spiffe_id(extensions)
+        _check_leaf(leaf, extensions, now)
+        trust_domain = spiffe_id.trust_domain
+        store = self._store(bundles, trust_domain)
+        try:
+            verified = (
+                PolicyBuilder()
+                .store(store)
+                .time(now)
+                .max_chain_depth(MAX_INTERMEDIATES)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+                .build_client_verifier()
+                .verify(leaf, intermediates)
+            )
+        except VerificationError as exc:
+            detail = str(exc).split(" (encountered processing", 1)[0][:_MAX_DETAIL]
+            raise PeerAuthError(
+                f"client certificate chain does not verify against the bundle of trust "
+                f"domain {trust_domain!r}: {detail}"
+            ) from None
+        chain = verified.chain
+        return _Verified(
+            caller=Caller(
+                spiffe_id=str(spiffe_id),
+                serial=format(leaf.serial_number, "x"),
+                trust_domain=trust_domain,
+            ),
+            not_before=max(c.not_valid_before_utc for c in chain),
+            not_after=min(c.not_valid_after_utc for c in chain),
+        )
+
+    def _store(self, bundles: TrustDomainBundles, trust_domain: str) -> Store:
+        roots = bundles.for_trust_domain(trust_domain)
+        if roots is None:
+            raise PeerAuthError(f"trust domain {trust_domain!r} is not trusted")
+        if not roots:
+            raise PeerAuthError(f"trust domain {trust_domain!r} has no X.509 authorities")
+        with self._lock:
+            store = (
+                self._stores.get(trust_domain) if bundles.generation == self._generation else None
+            )
+        if store is None:
+            store = Store(list(roots))
+            with self._lock:
+                if bundles.generation == self._generation:
+                    self._stores[trust_domain] = store
+        return store
+
+
+def _digest(leaf_pem: bytes, chain_pem: bytes) -> bytes:
+    digest = hashlib.sha256()
+    digest.update(len(leaf_pem).to_bytes(8, "big"))
+    digest.update(leaf_pem)
+    digest.update(chain_pem)
+    return digest.digest()
+
+
+def _load_leaf(leaf_pem: bytes) -> x509.Certificate:
+    try:
+        certs = x509.load_pem_x509_certificates(leaf_pem)
+    except ValueError:
+        raise PeerAuthError("client certificate is missing or not a valid certificate") from None
+    if len(certs) != 1:
+        raise PeerAuthError("expected exactly one client leaf certificate")
+    return certs[0]
+
+
+def _load_intermediates(chain_pem: bytes, leaf: x509.Certificate) -> list[x509.Certificate]:
+    if not chain_pem.strip():
+        return []
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise PeerAuthError("client certificate chain is not valid PEM") from None
+    intermediates = [cert for cert in chain if cert != leaf]
+    if len(intermediates) > MAX_INTERMEDIATES:
+        raise PeerAuthError(f"client certificate chain has more than {MAX_INTERMEDIATES} CAs")
+    return intermediates
+
+
+def _spiffe_id(extensions: x509.Extensions) -> SpiffeId:
+    try:
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise PeerAuthError("client certificate has no URI SAN (no SPIFFE ID)") from None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if not uris:
+        raise PeerAuthError("client certificate has no URI SAN (no SPIFFE ID)")
+    if len(uris) > 1:
+        raise PeerAuthError(
+            f"client certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
+        )
+    try:
+        return parse_spiffe_id(uris[0], require_path=True)
+    except InvalidSpiffeId as exc:
+        raise PeerAuthError(f"client certificate URI SAN is not a valid SPIFFE ID: {exc}") from None
+
+
+def _check_leaf(leaf: x509.Certificate, extensions: x509.Extensions, now: datetime) -> None:
+    try:
+        basic = extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is not None and basic.ca:
+        raise PeerAuthError("client certificate is a CA certificate (cA=true), not an SVID")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise PeerAuthError("client certificate has no keyUsage extension") from None
+    if usage.key_cert_sign or usage.crl_sign:
+        raise PeerAuthError("client certificate keyUsage allows certificate or CRL signing")
+    if not usage.digital_signature:
+        raise PeerAuthError("client certificate keyUsage lacks digitalSignature")
+    try:
+        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is not None and x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise PeerAuthError("client certificate extendedKeyUsage lacks clientAuth")
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise PeerAuthError(f"client certificate RSA key is shorter than {MIN_RSA_BITS} bits")
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.key_size < MIN_EC_BITS:
+        raise PeerAuthError(f"client certificate EC key is smaller than {MIN_EC_BITS} bits")
+    if now < leaf.not_valid_before_utc:
+        raise PeerAuthError("client certificate is not yet valid")
+    if now > leaf.not_valid_after_utc:
+        raise PeerAuthError("client certificate has expired")
