@@ -1,0 +1,172 @@
+"""Loading policy directories: every problem is located by file and line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pdp.engine import PolicyLoadError, load_policies
+from pdp.engine.source import split_statements
+from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, READ_POLICY, PolicyDirFactory
+
+
+def problems(root: object) -> list[str]:
+    with pytest.raises(PolicyLoadError) as caught:
+        load_policies(root)  # type: ignore[arg-type]
+    return [str(d) for d in caught.value.diagnostics]
+
+
+def test_examples_load_with_the_builtin_floor() -> None:
+    compiled = load_policies(EXAMPLE_POLICIES)
+    ids = set(compiled.policies)
+    assert {
+        "floor.intent_required",
+        "floor.tool_outside_intent",
+        "floor.intent_expired",
+        "unknown_tool",
+    } <= ids
+    assert all(compiled.policies[i].floor for i in ids if i.startswith("floor."))
+    assert len(compiled.version) == 16
+
+
+def test_floor_always_loads_even_for_a_directory_without_it(
+    make_policy_dir: PolicyDirFactory,
+) -> None:
+    compiled = load_policies(make_policy_dir())
+    assert "floor.intent_required" in compiled.policies
+    assert "support.read" in compiled.policies
+
+
+def test_version_is_a_content_hash(make_policy_dir: PolicyDirFactory) -> None:
+    first = load_policies(make_policy_dir()).version
+    assert load_policies(make_policy_dir()).version == first
+    changed = make_policy_dir({"read.cedar": READ_POLICY.replace("may read", "may read!")})
+    assert load_policies(changed).version != first
+
+
+def test_missing_id_is_reported_with_file_and_line(make_policy_dir: PolicyDirFactory) -> None:
+    text = READ_POLICY + '\n\n@reason("no id")\npermit (principal, action, resource);\n'
+    root = make_policy_dir({"sub/read.cedar": text})
+    assert problems(root) == ['sub/read.cedar:7: policy has no @id("…") annotation']
+
+
+def test_missing_reason(make_policy_dir: PolicyDirFactory) -> None:
+    root = make_policy_dir({"a.cedar": '@id("x")\npermit (principal, action, resource);'})
+    assert problems(root) == ['a.cedar:1: policy "x" has no @reason("…") annotation']
+
+
+def test_parse_error_is_located(make_policy_dir: PolicyDirFactory) -> None:
+    text = (
+        READ_POLICY
+        + '\n@id("bad")\n@reason("r")\npermit (principal, action, resource)\nwhen { 1 + };\n'
+    )
+    found = problems(make_policy_dir({"a.cedar": text}))
+    assert len(found) == 1 and found[0].startswith("a.cedar:6: ")
+
+
+def test_validation_error_is_located_and_named(make_policy_dir: PolicyDirFactory) -> None:
+    text = READ_POLICY + (
+        '\n@id("typo")\n@reason("r")\npermit (principal, action == Action::"crm/get_ticket",'
+        ' resource)\nwhen { context.input.ticket_idx == "T" };\n'
+    )
+    found = problems(make_policy_dir({"a.cedar": text}))
+    assert len(found) == 1
+    assert found[0].startswith("a.cedar:6: ")
+    assert '"typo"' in found[0] and "ticket_idx" in found[0]
+
+
+def test_unknown_entity_type_fails_validation(make_policy_dir: PolicyDirFactory) -> None:
+    text = '@id("u")\n@reason("r")\npermit (principal == User::"alice", action, resource);'
+    found = problems(make_policy_dir({"a.cedar": text}))
+    assert found and found[0].startswith("a.cedar:1: ")
+
+
+def test_duplicate_ids_name_both_places(make_policy_dir: PolicyDirFactory) -> None:
+    root = make_policy_dir({"a.cedar": READ_POLICY, "b.cedar": READ_POLICY})
+    assert problems(root) == [
+        'b.cedar:2: duplicate @id "support.read" (first defined at a.cedar:2)'
+    ]
+
+
+def test_reserved_id(make_policy_dir: PolicyDirFactory) -> None:
+    text = '@id("default_deny")\n@reason("r")\nforbid (principal, action, resource);'
+    assert problems(make_policy_dir({"a.cedar": text})) == [
+        'a.cedar:1: @id "default_deny" is reserved by pdp'
+    ]
+
+
+def test_floor_cannot_be_overridden_by_a_permit(make_policy_dir: PolicyDirFactory) -> None:
+    text = '@id("f")\n@reason("r")\npermit (principal, action, resource);'
+    found = problems(make_policy_dir({"floor/extra.cedar": text}))
+    assert found == [
+        'floor/extra.cedar:1: floor policy "f" must be a forbid policy (the floor only denies)'
+    ]
+
+
+def test_author_cannot_shadow_a_floor_id(make_policy_dir: PolicyDirFactory) -> None:
+    text = '@id("floor.intent_required")\n@reason("r")\npermit (principal, action, resource);'
+    found = problems(make_policy_dir({"a.cedar": text}))
+    assert found[0].startswith('a.cedar:1: duplicate @id "floor.intent_required"')
+
+
+def test_missing_schema_and_inventory(make_policy_dir: PolicyDirFactory) -> None:
+    found = problems(make_policy_dir(schema=None, inventory=None))
+    assert "schema.cedarschema: schema file is missing" in found
+    assert "entities.json: inventory file is missing" in found
+
+
+def test_broken_inventory_json_is_located(make_policy_dir: PolicyDirFactory) -> None:
+    found = problems(make_policy_dir(inventory='{"agents": {\n  "x": }'))
+    assert found[0].startswith("entities.json:2: invalid JSON")
+
+
+def test_inventory_errors(make_policy_dir: PolicyDirFactory) -> None:
+    inventory = json.loads(json.dumps(MINI_INVENTORY))
+    inventory["agents"]["spiffe://ACME/agent"] = {"groups": ["nope"]}
+    inventory["agents"]["spiffe://acme.test/agent/bot"]["groups"] = ["ghosts"]
+    found = problems(make_policy_dir(inventory=inventory))
+    assert any("'spiffe://ACME/agent' is not a valid SPIFFE ID" in f for f in found)
+    assert any("group 'ghosts' is not declared" in f for f in found)
+
+
+def test_inventory_and_schema_must_agree(make_policy_dir: PolicyDirFactory) -> None:
+    inventory = json.loads(json.dumps(MINI_INVENTORY))
+    inventory["servers"]["crm"]["tools"]["export"] = {}
+    inventory["servers"]["crm"]["tools"]["get_ticket"]["groups"] = ["destructive"]
+    del inventory["servers"]["crm"]["tools"]["delete_ticket"]
+    found = problems(make_policy_dir(inventory=inventory))
+    assert any('declares no action "crm/export"' in f for f in found)
+    assert any(
+        "crm/get_ticket: groups ['destructive'] differ from the schema's ['read']" in f
+        for f in found
+    )
+    assert any('declares tool action "crm/delete_ticket" but no such tool' in f for f in found)
+
+
+def test_broken_schema(make_policy_dir: PolicyDirFactory) -> None:
+    found = problems(make_policy_dir(schema="entity Agent in [;"))
+    assert found[0].startswith("schema.cedarschema: invalid schema")
+
+
+def test_templates_are_refused_clearly(make_policy_dir: PolicyDirFactory) -> None:
+    text = '@id("t")\n@reason("r")\npermit (principal == ?principal, action, resource);'
+    assert problems(make_policy_dir({"a.cedar": text})) == [
+        "a.cedar:1: policy templates are not supported yet (use ==/in)"
+    ]
+
+
+def test_missing_directory() -> None:
+    assert problems("/nonexistent/policies") == [
+        "/nonexistent/policies: policy directory does not exist"
+    ]
+
+
+def test_statement_splitter_ignores_semicolons_in_strings_and_comments() -> None:
+    text = (
+        '// a comment; with a semicolon\n@id("a;b")\npermit (principal, action, resource)\n'
+        'when { context.x == "q\\";" };\n\n  forbid (principal, action, resource);'
+    )
+    statements = split_statements(text)
+    assert [s.line for s in statements] == [2, 6]
+    assert statements[0].text.endswith('"q\\";" };')
