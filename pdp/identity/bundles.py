@@ -127,11 +127,8 @@ class TrustDomainBundles(Mapping[str, Certificates]):
         """From py-spiffe (e.g. ``X509Source.get_x509_context().x509_bundle_set``)."""
         bundles: dict[str, list[x509.Certificate]] = {}
         for bundle in bundle_set.bundles:
-            name = bundle.trust_domain.name
-            if name in bundles:
-                raise BundleError(f"two bundles for trust domain {name!r}")
             # py-spiffe keeps authorities in a set; order them for a stable union_pem().
-            bundles[name] = sorted(
+            bundles[bundle.trust_domain.name] = sorted(
                 bundle.x509_authorities,
                 key=lambda c: c.public_bytes(serialization.Encoding.DER),
             )

@@ -22,10 +22,11 @@ SVIDs from some issuers, so the end-entity extension policy relaxes exactly thos
 
 Everything else of the profile stays: cA leaves, keyCertSign leaves, EKU without
 clientAuth (or with only anyExtendedKeyUsage), unknown critical extensions, CA
-certificates without cA/keyCertSign, path length, weak signature algorithms, and
-URI name constraints (unsupported, so rejected) all fail. The profile does *not*
-count URI SANs, check cRLSign, require keyUsage or digitalSignature, look at the
-SPIFFE ID, or bound the leaf's own key size; those checks are done here first.
+certificates without cA/keyCertSign, path length, signature algorithms outside the
+webpki set (e.g. SHA-1), and URI name constraints (unsupported, so rejected) all
+fail. The profile does *not* count URI SANs, check cRLSign, require keyUsage or
+digitalSignature, look at the SPIFFE ID, or bound the leaf's own key size (an
+RSA-1024 leaf passes it); those checks are done here first.
 """
 
 from __future__ import annotations
@@ -133,12 +134,13 @@ class PeerVerifier:
         bundles = self._bundles()
         key = _digest(leaf_pem, chain_pem)
         with self._lock:
-            if bundles.generation != self._generation:
+            if bundles.generation > self._generation:
                 # New bundle set: nothing verified against the old one is trusted.
                 self._cache.clear()
                 self._stores.clear()
                 self._generation = bundles.generation
-            hit = self._cache.get(key)
+            # A caller still holding an older bundle set (racing a rotation) bypasses the cache.
+            hit = self._cache.get(key) if bundles.generation == self._generation else None
             if hit is not None and hit.not_before <= now <= hit.not_after:
                 self._cache.move_to_end(key)
                 self._hits += 1

@@ -481,3 +481,19 @@ def test_naive_time_is_a_programming_error(ca_a: DevCA, bundles: TrustDomainBund
     issued = ca_a.issue_svid(GOOD_ID, now=NOW)
     with pytest.raises(ValueError, match="timezone-aware"):
         PeerVerifier(lambda: bundles).authenticate(issued.cert_pem, b"", NOW.replace(tzinfo=None))
+
+
+def test_a_caller_racing_a_rotation_does_not_reuse_or_wipe_the_newer_cache(
+    ca_a: DevCA, bundles: TrustDomainBundles
+) -> None:
+    issued = ca_a.issue_svid(GOOD_ID, now=NOW)
+    newer = bundles.with_trust_domain(TD_A, [ca_a.root])
+    current = {"bundles": newer}
+    verifier = PeerVerifier(lambda: current["bundles"])
+    verifier.authenticate(issued.cert_pem, b"", NOW)
+    current["bundles"] = bundles  # an older generation
+    verifier.authenticate(issued.cert_pem, b"", NOW)
+    current["bundles"] = newer
+    verifier.authenticate(issued.cert_pem, b"", NOW)
+    info = verifier.cache_info()
+    assert (info.hits, info.misses, info.size) == (1, 2, 1)
