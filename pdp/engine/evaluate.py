@@ -12,15 +12,19 @@ pyproject.toml, and ``tests/engine/test_cedarpy_contract.py`` guards this contra
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cedarpy import _internal
 
-from pdp.engine.store import CompiledPolicies
+from pdp.engine.source import PolicyUnit
+from pdp.engine.store import CompiledPolicies, policy_set_of
 from pdp.model import (
     DEFAULT_LIMITS,
     REASON_DEFAULT_DENY,
@@ -78,42 +82,113 @@ def cedar_request(request: Request) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PolicySubset:
+    """The policies whose scope matches one (agent, server, tool), as a Cedar set.
+
+    Cedar names them ``policy0``, ``policy1``… in ``units`` order.
+    """
+
+    policy_set: Any  # cedarpy.PolicySet
+    units: tuple[PolicyUnit, ...]
+
+    def unit(self, positional_id: str) -> PolicyUnit | None:
+        index = positional_id.removeprefix("policy")
+        if index.isdigit() and int(index) < len(self.units):
+            return self.units[int(index)]
+        return None
+
+
+_NO_ANCESTORS: frozenset[tuple[str, str]] = frozenset()
+
+
 class Engine:
-    """Decides requests with one immutable :class:`CompiledPolicies`."""
+    """Decides requests with one immutable :class:`CompiledPolicies`.
 
-    __slots__ = ("_entities", "_policies", "compiled", "limits")
+    Each request is evaluated against only the policies whose scope can match it
+    (see pdp.engine.scope), chosen once per (agent, server, tool) and cached.
+    """
 
-    def __init__(self, compiled: CompiledPolicies, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        compiled: CompiledPolicies,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        cache_size: int = 16384,
+        indexed: bool = True,
+    ) -> None:
         self.compiled = compiled
         self.limits = limits
-        self._policies = compiled.policies
         self._entities = compiled.entities._inner
+        self._by_positions: dict[tuple[int, ...], PolicySubset] = {}
+        self._lock = threading.Lock()
+        self.subset: Callable[[str, str, str], PolicySubset]
+        if indexed:
+            self.subset = functools.lru_cache(maxsize=cache_size)(self._select)
+        else:
+            everything = PolicySubset(compiled.full_policy_set(), compiled.units)
+            self.subset = lambda agent, server, tool: everything
 
     @property
     def version(self) -> str:
         return self.compiled.version
 
+    def _select(self, agent: str, server: str, tool: str) -> PolicySubset:
+        ancestors = self.compiled.ancestors
+        principal = ("Agent", agent)
+        action = ("Action", f"{server}/{tool}")
+        resource = ("McpServer", server)
+        positions = self.compiled.index.select(
+            principal,
+            ancestors.get(principal, _NO_ANCESTORS),
+            action,
+            ancestors.get(action, _NO_ANCESTORS),
+            resource,
+            ancestors.get(resource, _NO_ANCESTORS),
+        )
+        # Many (agent, server, tool) keys share one subset (the floor plus group grants):
+        # build each distinct Cedar set once.
+        subset = self._by_positions.get(positions)
+        if subset is None:
+            units = tuple(self.compiled.units[p] for p in positions)
+            subset = PolicySubset(policy_set_of(units), units)
+            with self._lock:
+                subset = self._by_positions.setdefault(positions, subset)
+        return subset
+
     def decide(self, request: Request) -> Decision:
         return self.decide_batch((request,))[0]
 
     def decide_batch(self, requests: Sequence[Request]) -> list[Decision]:
-        """Decides many requests in one Cedar call; answers are in request order."""
+        """Decides many requests with as few Cedar calls as there are distinct subsets;
+        answers are in request order."""
         if not requests:
             return []
+        groups: dict[int, tuple[PolicySubset, list[int]]] = {}
+        try:
+            for position, request in enumerate(requests):
+                subset = self.subset(request.agent, request.server, request.tool)
+                groups.setdefault(id(subset), (subset, []))[1].append(position)
+        except Exception as exc:  # any failure selecting policies is a deny
+            message = f"policy selection failed: {exc}"
+            return [deny(self.version, REASON_EVALUATION_ERROR, message) for _ in requests]
+        answers: list[Decision | None] = [None] * len(requests)
+        for subset, positions in groups.values():
+            for position, decision in zip(
+                positions, self._evaluate(subset, [requests[p] for p in positions]), strict=True
+            ):
+                answers[position] = decision
+        return [a for a in answers if a is not None]
+
+    def _evaluate(self, subset: PolicySubset, requests: list[Request]) -> list[Decision]:
         try:
             raw = _internal.is_authorized_batch(
-                [cedar_request(r) for r in requests],
-                self.compiled.policy_set,
-                self._entities,
-                None,
-                False,
+                [cedar_request(r) for r in requests], subset.policy_set, self._entities, None, False
             )
-        except Exception as exc:
-            return [
-                deny(self.version, REASON_EVALUATION_ERROR, f"policy evaluation failed: {exc}")
-                for _ in requests
-            ]
-        return [self._interpret(text) for text in raw]
+        except Exception as exc:  # any failure in the binding is a deny
+            message = f"policy evaluation failed: {exc}"
+            return [deny(self.version, REASON_EVALUATION_ERROR, message) for _ in requests]
+        return [self._interpret(subset, text) for text in raw]
 
     def decide_json(self, data: JsonValue, *, now: datetime) -> Decision:
         """Parses untrusted request data and decides it; a broken request is a deny."""
@@ -130,11 +205,17 @@ class Engine:
             f"{error.field}: {error.detail} (rule: {error.rule})",
         )
 
-    def _reason(self, policy_id: str) -> Reason:
-        unit = self._policies.get(policy_id)
-        return Reason(policy_id, unit.reason if unit else "")
+    @staticmethod
+    def _reasons(subset: PolicySubset, positional_ids: list[str]) -> tuple[Reason, ...]:
+        reasons = []
+        for positional_id in positional_ids:
+            unit = subset.unit(positional_id)
+            reasons.append(
+                Reason(unit.policy_id, unit.reason) if unit else Reason(positional_id, "")
+            )
+        return tuple(sorted(reasons, key=lambda r: r.policy))
 
-    def _interpret(self, text: str) -> Decision:
+    def _interpret(self, subset: PolicySubset, text: str) -> Decision:
         try:
             result = json.loads(text)
             diagnostics = result.get("diagnostics") or {}
@@ -146,21 +227,27 @@ class Engine:
         if errors:
             # Cedar skips a policy that errors; a skipped forbid could let a permit through,
             # so any evaluation error denies, naming the policy and the error.
-            reasons = [self._reason(p) for p in determining if verdict == "Deny"]
-            reasons += [self._error_reason(e) for e in errors]
-            return Decision(Effect.DENY, tuple(reasons), self.version, tuple(errors))
+            reasons = list(self._reasons(subset, determining)) if verdict == "Deny" else []
+            named_errors = [self._error(subset, e) for e in errors]
+            reasons += [reason for reason, _ in named_errors]
+            return Decision(
+                Effect.DENY, tuple(reasons), self.version, tuple(text for _, text in named_errors)
+            )
         if verdict == "Allow":
-            return Decision(
-                Effect.ALLOW, tuple(self._reason(p) for p in sorted(determining)), self.version
-            )
+            return Decision(Effect.ALLOW, self._reasons(subset, determining), self.version)
         if determining:
-            return Decision(
-                Effect.DENY, tuple(self._reason(p) for p in sorted(determining)), self.version
-            )
+            return Decision(Effect.DENY, self._reasons(subset, determining), self.version)
         return Decision(Effect.DENY, (_DEFAULT_DENY,), self.version)
 
-    def _error_reason(self, error: str) -> Reason:
+    @staticmethod
+    def _error(subset: PolicySubset, error: str) -> tuple[Reason, str]:
         match = _POLICY_ERROR_RE.match(error)
         if match is None:
-            return Reason(REASON_EVALUATION_ERROR, error)
-        return Reason(match.group("id"), f"evaluation error: {match.group('msg')}")
+            return Reason(REASON_EVALUATION_ERROR, error), error
+        unit = subset.unit(match.group("id"))
+        policy_id = unit.policy_id if unit else match.group("id")
+        message = match.group("msg")
+        return (
+            Reason(policy_id, f"evaluation error: {message}"),
+            f"policy {policy_id}: {message}",
+        )

@@ -58,6 +58,33 @@ def _uid(kind: str, ident: str) -> dict[str, str]:
     return {"type": kind, "id": ident}
 
 
+def _find_cycle(parents: dict[str, Any]) -> list[str]:
+    """A cycle in the group hierarchy, as a path, or [] (iterative DFS)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for root in sorted(parents):
+        if state.get(root):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            node, child_index = stack.pop()
+            if child_index == 0:
+                state[node] = 1
+                path.append(node)
+            children = [c for c in (parents.get(node) or []) if isinstance(c, str)]
+            if child_index < len(children):
+                stack.append((node, child_index + 1))
+                child = children[child_index]
+                if state.get(child) == 1:
+                    return [*path[path.index(child) :], child]
+                if not state.get(child):
+                    stack.append((child, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return []
+
+
 def load_inventory(path: Path, display_name: str) -> Inventory:
     """Reads and checks an inventory file; raises :class:`InventoryError` with diagnostics."""
     problems: list[Diagnostic] = []
@@ -101,6 +128,16 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
                 "parents": [_uid("AgentGroup", p) for p in parents],
             }
         )
+
+    cycle = _find_cycle(
+        {
+            name: (spec or {}).get("parents", [])
+            for name, spec in groups.items()
+            if isinstance(spec, dict | None)
+        }
+    )
+    if cycle:
+        problem("agent_groups: parent cycle " + " -> ".join(cycle))
 
     agents = data.get("agents", {}) or {}
     if not isinstance(agents, dict):

@@ -17,16 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import cedarpy
 
 from pdp.engine.inventory import INVENTORY_FILE, Inventory, InventoryError, load_inventory
-from pdp.engine.source import Diagnostic, PolicyUnit, parse_file
+from pdp.engine.scope import ScopeIndex, Uid
+from pdp.engine.source import (
+    Diagnostic,
+    PolicyUnit,
+    Statement,
+    locate_parse_errors,
+    parse_file,
+    split_statements,
+)
 
 SCHEMA_FILE = "schema.cedarschema"
 FLOOR_DIR = "floor"
@@ -45,20 +52,29 @@ class PolicyLoadError(Exception):
         super().__init__("\n".join(str(d) for d in diagnostics))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CompiledPolicies:
-    """A validated policy set, ready for evaluation. Never mutated after load."""
+    """A validated, indexed policy set, ready for evaluation. Never mutated after load."""
 
     version: str
     directory: Path
-    policies: Mapping[str, PolicyUnit]
-    policy_set: cedarpy.PolicySet
+    units: tuple[PolicyUnit, ...]  # in load order: floor first, then files by path
+    policies: Mapping[str, PolicyUnit]  # by @id
+    index: ScopeIndex
+    ancestors: Mapping[Uid, frozenset[Uid]]  # transitive parents of every known entity
     entities: cedarpy.Entities
     schema: cedarpy.Schema
     inventory: Inventory
+    _full: list[cedarpy.PolicySet] = field(default_factory=list, repr=False, compare=False)
 
     def __len__(self) -> int:
-        return len(self.policies)
+        return len(self.units)
+
+    def full_policy_set(self) -> cedarpy.PolicySet:
+        """Every policy in one Cedar set (unindexed): for checks and comparisons only."""
+        if not self._full:
+            self._full.append(policy_set_of(self.units))
+        return self._full[0]
 
 
 def _display(path: Path, root: Path) -> str:
@@ -83,31 +99,54 @@ def policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _validate(
-    text: str, display: str, units: list[PolicyUnit], schema: cedarpy.Schema
+    text: str, display: str, statements: list[Statement], schema: cedarpy.Schema
 ) -> list[Diagnostic]:
     result = cedarpy.validate_policies(text, schema)
     if result.validation_passed:
         return []
-    by_position = {f"policy{i}": unit for i, unit in enumerate(units)}
+    if any(not error.policy_id for error in result.errors):
+        return locate_parse_errors(statements, display)
+    names = result.id_annotations_by_policy_id
     out = []
     for error in result.errors:
-        unit = by_position.get(error.policy_id)
-        line = unit.line if unit else 0
+        position = int(error.policy_id.removeprefix("policy") or -1)
+        line = statements[position].line if 0 <= position < len(statements) else 0
         message = error.error
-        if unit is not None:
-            message = message.replace(f"`{error.policy_id}`", f'"{unit.policy_id}"')
+        if error.policy_id in names:
+            message = message.replace(f"`{error.policy_id}`", f'"{names[error.policy_id]}"')
         out.append(Diagnostic(display, line, message))
     return out
 
 
-def _action_parents(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
-    """The action hierarchy Cedar derived from the schema: action id -> parent action ids."""
-    out: dict[str, frozenset[str]] = {}
-    for entity in json.loads(str(entities)):
-        uid = entity["uid"]
-        if uid["type"] == "Action":
-            out[uid["id"]] = frozenset(p["id"] for p in entity["parents"] if p["type"] == "Action")
+def _parents(entities: cedarpy.Entities) -> dict[Uid, frozenset[Uid]]:
+    """Direct parents of every entity, actions included (Cedar adds those from the schema)."""
+    return {
+        (e["uid"]["type"], e["uid"]["id"]): frozenset((p["type"], p["id"]) for p in e["parents"])
+        for e in json.loads(str(entities))
+    }
+
+
+def _closure(parents: Mapping[Uid, frozenset[Uid]]) -> dict[Uid, frozenset[Uid]]:
+    """Transitive ancestors, iteratively (groups may nest deeply; cycles are harmless)."""
+    out: dict[Uid, frozenset[Uid]] = {}
+    for uid in parents:
+        seen: set[Uid] = set()
+        stack = list(parents[uid])
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(parents.get(current, ()))
+        out[uid] = frozenset(seen)
     return out
+
+
+def _action_parents(parents: Mapping[Uid, frozenset[Uid]]) -> dict[str, frozenset[str]]:
+    return {
+        uid[1]: frozenset(p[1] for p in direct if p[0] == "Action")
+        for uid, direct in parents.items()
+        if uid[0] == "Action"
+    }
 
 
 def _check_tools_against_schema(
@@ -200,7 +239,13 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
         text = read(path, display)
         if text is None:
             continue
-        file_units, file_diagnostics = parse_file(text, display, floor=is_floor)
+        statements = split_statements(text)
+        if schema is not None:
+            validation = _validate(text, display, statements, schema)
+            if validation:
+                diagnostics += validation
+                continue
+        file_units, file_diagnostics = parse_file(statements, display, floor=is_floor)
         diagnostics += file_diagnostics
         if file_diagnostics:
             continue
@@ -220,11 +265,10 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
                 )
             else:
                 units[unit.policy_id] = unit
-        if schema is not None:
-            diagnostics += _validate(text, display, file_units, schema)
 
     inventory: Inventory | None = None
     entities: cedarpy.Entities | None = None
+    parents: dict[Uid, frozenset[Uid]] = {}
     inventory_path = root / INVENTORY_FILE
     if read(inventory_path, INVENTORY_FILE) is not None or not inventory_path.exists():
         try:
@@ -237,32 +281,28 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
         except ValueError as exc:
             diagnostics.append(Diagnostic(INVENTORY_FILE, 0, f"does not match the schema: {exc}"))
         else:
+            parents = _parents(entities)
             diagnostics += _check_tools_against_schema(
-                inventory, _action_parents(entities), INVENTORY_FILE, SCHEMA_FILE
+                inventory, _action_parents(parents), INVENTORY_FILE, SCHEMA_FILE
             )
 
     if diagnostics:
         raise PolicyLoadError(diagnostics)
     assert schema is not None and entities is not None and inventory is not None
-    policy_set = build_policy_set(units.values())
+    ordered = tuple(units.values())
     return CompiledPolicies(
         version=digest.hexdigest()[:16],
         directory=root,
+        units=ordered,
         policies=MappingProxyType(dict(units)),
-        policy_set=policy_set,
+        index=ScopeIndex([unit.scope for unit in ordered]),
+        ancestors=MappingProxyType(_closure(parents)),
         entities=entities,
         schema=schema,
         inventory=inventory,
     )
 
 
-def build_policy_set(units: Any) -> cedarpy.PolicySet:
-    """A Cedar policy set whose policy ids are the policies' ``@id`` values.
-
-    Cedar then reports determining policies by ``@id`` directly: no positional
-    ``policyN`` to map back, and no ambiguity across files.
-    """
-    static = {unit.policy_id: unit.est for unit in units}
-    return cedarpy.PolicySet.from_json_str(
-        json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
-    )
+def policy_set_of(units: Iterable[PolicyUnit]) -> cedarpy.PolicySet:
+    """A Cedar set of ``units``; Cedar names them ``policy0``, ``policy1``… in this order."""
+    return cedarpy.PolicySet.from_str("\n".join(unit.text for unit in units))

@@ -130,6 +130,19 @@ def test_inventory_errors(make_policy_dir: PolicyDirFactory) -> None:
     assert any("group 'ghosts' is not declared" in f for f in found)
 
 
+def test_group_cycles_are_named(make_policy_dir: PolicyDirFactory) -> None:
+    inventory = json.loads(json.dumps(MINI_INVENTORY))
+    inventory["agent_groups"] = {
+        "a": {"parents": ["b"]},
+        "b": {"parents": ["c"]},
+        "c": {"parents": ["a"]},
+        "support": {},
+    }
+    assert "entities.json: agent_groups: parent cycle a -> b -> c -> a" in problems(
+        make_policy_dir(inventory=inventory)
+    )
+
+
 def test_inventory_and_schema_must_agree(make_policy_dir: PolicyDirFactory) -> None:
     inventory = json.loads(json.dumps(MINI_INVENTORY))
     inventory["servers"]["crm"]["tools"]["export"] = {}
