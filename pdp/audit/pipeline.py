@@ -1,0 +1,459 @@
+"""The audit pipeline: request threads submit records, one writer thread makes them durable.
+
+``sync`` mode: a decision is returned only after its record is on disk. The writer takes
+everything queued, writes it as one batch and calls ``fdatasync`` once (group commit);
+submitters wait on their :class:`Ticket`. ``async`` mode: submit only queues; the writer
+syncs every ``async_flush_interval_s``.
+
+Nothing is dropped silently. A full queue, a failing sink or a closed pipeline makes
+:meth:`AuditPipeline.submit` return a ticket that is not accepted, counted as
+``rejected``; :meth:`AuditPipeline.guard` then turns the decision into a deny with reason
+``audit_unavailable`` unless the pipeline is configured ``fail_open``. In sync mode a
+failed write fails its tickets (counted ``failed``); in async mode the writer keeps the
+batch and retries it with backoff (``retried``) while new submits are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pdp.audit.chain import encode_body
+from pdp.audit.filesink import FileSink, LogPosition, SealedLine
+from pdp.audit.record import RECORD_KINDS, audit_unavailable
+from pdp.model import Decision
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryMode(StrEnum):
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    mode: DeliveryMode = DeliveryMode.SYNC
+    queue_size: int = 8192  # records waiting for the writer; beyond this submit is rejected
+    max_batch: int = 1024  # records per write/fdatasync
+    fail_open: bool = False  # True: decisions stand even when their record is not durable
+    sync_timeout_s: float = 2.0  # how long guard() waits for durability in sync mode
+    async_flush_interval_s: float = 0.2  # fdatasync period in async mode
+    retry_initial_s: float = 0.05  # async mode: first retry delay after a write error
+    retry_max_s: float = 2.0
+    listener_queue_size: int = 1024  # per listener; a listener that falls behind is dropped
+    tick_s: float = 0.5  # how often time-based checkpoints and rotation are considered
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStats:
+    written: int  # records committed to the log
+    retried: int  # record write attempts repeated after an error (async mode)
+    failed: int  # records accepted but never written (sync write error, shutdown)
+    rejected: int  # records refused at submit (queue full, sink failing, closed)
+    queued: int
+    listeners_dropped: int
+    healthy: bool
+    last_error: str
+
+
+class Ticket:
+    """The fate of one submitted record."""
+
+    __slots__ = ("_event", "_ok", "accepted", "decision_id", "error", "seq")
+
+    def __init__(self, decision_id: str, accepted: bool, error: str = "") -> None:
+        self.decision_id = decision_id
+        self.accepted = accepted
+        self.error = error
+        self.seq: int | None = None
+        self._ok = False
+        self._event = threading.Event()
+        if not accepted:
+            self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the record is written (durably, in sync mode); True if it was."""
+        return self._event.wait(timeout) and self._ok
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def _resolve(self, ok: bool, error: str = "", seq: int | None = None) -> None:
+        self._ok, self.error, self.seq = ok, error, seq
+        self._event.set()
+
+
+@dataclass(slots=True)
+class _Item:
+    ticket: Ticket
+    body: bytes
+    is_record: bool
+
+
+class AuditListener:
+    """An in-process subscriber fed from its own bounded queue and thread.
+
+    ``callback`` receives each committed record (decoded JSON, chain fields included).
+    If the callback falls ``max_pending`` records behind, the listener is disconnected
+    (``connected`` becomes False); it never slows the writer.
+    """
+
+    def __init__(self, callback: Callable[[dict[str, Any]], None], max_pending: int) -> None:
+        self._callback = callback
+        self._max = max_pending
+        self._queue: deque[bytes | None] = deque()
+        self._cond = threading.Condition()
+        self.connected = True
+        self.dropped = False
+        self._thread = threading.Thread(target=self._run, name="audit-listener", daemon=True)
+        self._thread.start()
+
+    def offer(self, line: bytes) -> bool:
+        """Non-blocking; False (and disconnects) when the listener is too far behind."""
+        with self._cond:
+            if not self.connected:
+                return False
+            if len(self._queue) >= self._max:
+                self.connected, self.dropped = False, True
+                self._queue.clear()
+                self._queue.append(None)
+                self._cond.notify()
+                return False
+            self._queue.append(line)
+            self._cond.notify()
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self.connected = False
+            self._queue.append(None)
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                line = self._queue.popleft()
+            if line is None:
+                return
+            try:
+                self._callback(json.loads(line))
+            except Exception:
+                log.exception("audit listener callback failed")
+
+
+class AuditPipeline:
+    """Accepts audit records from any thread and writes them through one :class:`FileSink`."""
+
+    def __init__(self, sink: FileSink, config: PipelineConfig | None = None) -> None:
+        self.sink = sink
+        self.config = config or PipelineConfig()
+        self._cond = threading.Condition()
+        self._items: deque[_Item] = deque()
+        self._flushes: list[tuple[int, threading.Event]] = []
+        self._submitted = 0  # items handed to the writer (for flush)
+        self._finished = 0  # items the writer is done with
+        self._closing = False
+        self._close_deadline = float("inf")
+        self._failing = False
+        self._last_error = ""
+        self._written = self._retried = self._failed = self._rejected = 0
+        self._listeners: list[AuditListener] = []
+        self._listeners_dropped = 0
+        self._lost_at_close = 0
+        self._commit_hooks: list[Callable[[LogPosition], None]] = []
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def mode(self) -> DeliveryMode:
+        return self.config.mode
+
+    @property
+    def fail_open(self) -> bool:
+        return self.config.fail_open
+
+    @property
+    def healthy(self) -> bool:
+        """False while the sink is failing, after close, or if the writer died."""
+        return not self._failing and not self._closing and self._writer.is_alive()
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def submit(self, record: Mapping[str, Any]) -> Ticket:
+        """Queues ``record`` (from ``build_*_record``); never blocks on I/O."""
+        decision_id = str(record.get("decision_id", ""))
+        try:
+            body = encode_body(dict(record))
+        except (TypeError, ValueError) as exc:
+            log.error("audit record %s cannot be encoded: %s", decision_id, exc)
+            return self._reject(decision_id, f"record cannot be encoded: {exc}")
+        is_record = record.get("kind") in RECORD_KINDS
+        with self._cond:
+            if self._closing:
+                error = "audit pipeline is closed"
+            elif self._failing and self.mode is DeliveryMode.ASYNC and not self.fail_open:
+                error = f"audit sink failing: {self._last_error}"
+            elif len(self._items) >= self.config.queue_size:
+                error = "audit queue full"
+            else:
+                ticket = Ticket(decision_id, accepted=True)
+                self._items.append(_Item(ticket, body, is_record))
+                self._submitted += 1
+                self._cond.notify()
+                return ticket
+            self._rejected += 1
+        return Ticket(decision_id, accepted=False, error=error)
+
+    def _reject(self, decision_id: str, error: str) -> Ticket:
+        with self._cond:
+            self._rejected += 1
+        return Ticket(decision_id, accepted=False, error=error)
+
+    def guard(self, decision: Decision, ticket: Ticket, timeout: float | None = None) -> Decision:
+        """The decision to return to the caller, given what became of its audit record.
+
+        Sync mode waits (up to ``timeout`` or ``sync_timeout_s``) for durability; async
+        mode only requires the record to have been accepted. A record that did not make
+        it yields a deny with reason ``audit_unavailable`` (fail closed) unless
+        ``fail_open``.
+        """
+        if self.mode is DeliveryMode.SYNC:
+            wait = self.config.sync_timeout_s if timeout is None else timeout
+            ok = ticket.wait(wait)
+        else:
+            ok = ticket.accepted
+        if ok:
+            return decision
+        reason = ticket.error or "timed out waiting for the audit log"
+        if self.fail_open:
+            log.warning("audit record %s not durable (fail open): %s", ticket.decision_id, reason)
+            return decision
+        log.warning("audit record %s not durable, denying: %s", ticket.decision_id, reason)
+        return audit_unavailable(decision)
+
+    def add_listener(
+        self, callback: Callable[[dict[str, Any]], None], *, max_pending: int | None = None
+    ) -> AuditListener:
+        """Calls ``callback`` with every record after it is committed, off the write path."""
+        listener = AuditListener(callback, max_pending or self.config.listener_queue_size)
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
+        return listener
+
+    def add_commit_hook(self, hook: Callable[[LogPosition], None]) -> None:
+        """Calls ``hook`` (from the writer thread; it must not block) after each commit."""
+        self._commit_hooks = [*self._commit_hooks, hook]
+
+    def stats(self) -> AuditStats:
+        with self._cond:
+            queued = len(self._items)
+            rejected = self._rejected
+        return AuditStats(
+            written=self._written,
+            retried=self._retried,
+            failed=self._failed,
+            rejected=rejected,
+            queued=queued,
+            listeners_dropped=self._listeners_dropped,
+            healthy=self.healthy,
+            last_error=self._last_error,
+        )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until every record submitted so far is written and synced (or failed)."""
+        done = threading.Event()
+        with self._cond:
+            if self._finished >= self._submitted and not self._items:
+                done.set()
+            else:
+                self._flushes.append((self._submitted, done))
+                self._cond.notify()
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Writes what is queued, seals the log with a checkpoint and stops.
+
+        Returns False if records could not be written before ``timeout`` (they are
+        counted as failed and logged).
+        """
+        with self._cond:
+            if not self._closing:
+                self._closing = True
+                self._close_deadline = time.monotonic() + timeout
+            self._cond.notify()
+        self._writer.join(timeout + 1.0)
+        for listener in self._listeners:
+            listener.close()
+        drained = self._finished >= self._submitted and not self._lost_at_close
+        return drained and not self._writer.is_alive()
+
+    def __enter__(self) -> AuditPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("audit writer thread crashed; the pipeline is now unhealthy")
+            self._failing = True
+            self._last_error = "audit writer crashed"
+            with self._cond:
+                items, self._items = list(self._items), deque()
+            self._fail(items, "audit writer crashed")
+            raise
+        finally:
+            self._resolve_flushes()
+
+    def _loop(self) -> None:
+        config = self.config
+        durable = config.mode is DeliveryMode.SYNC
+        last_tick = last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                if not self._items and not self._closing:
+                    next_due = min(
+                        last_tick + config.tick_s, last_sync + config.async_flush_interval_s
+                    )
+                    self._cond.wait(max(0.0, next_due - time.monotonic()))
+                count = min(len(self._items), config.max_batch)
+                batch = [self._items.popleft() for _ in range(count)]
+                closing = self._closing
+            if batch:
+                self._write(batch, durable)
+                self._resolve_flushes()
+            now = time.monotonic()
+            if not durable and (now - last_sync >= config.async_flush_interval_s or self._flushes):
+                last_sync = now
+                self._duty(self.sink.sync)
+                self._resolve_flushes()
+            if now - last_tick >= config.tick_s:
+                last_tick = now
+                self._duty(self.sink.tick)
+            if closing and not batch:
+                with self._cond:
+                    if self._items:
+                        continue
+                try:
+                    self.sink.close()
+                except OSError as exc:
+                    self._note_error(f"closing the audit log: {exc}")
+                return
+
+    def _duty(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self._note_error(str(exc))
+            return
+        self._after_commit()
+
+    def _note_error(self, error: str) -> None:
+        if not self._failing or error != self._last_error:
+            log.error("audit log write failed: %s", error)
+        self._failing, self._last_error = True, error
+
+    def _write(self, batch: list[_Item], durable: bool) -> None:
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                sealed = self.sink.append([item.body for item in batch], durable=durable)
+            except OSError as exc:
+                self._note_error(f"{type(exc).__name__}: {exc}")
+                if durable or time.monotonic() + delay > self._close_deadline:
+                    # Sync mode: the submitters are told now and deny; never written later.
+                    self._fail(batch, self._last_error)
+                    return
+                self._retried += len(batch)
+                self._sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            break
+        if self._failing:
+            log.warning("audit log writable again")
+        self._failing = False
+        self._written += len(batch)
+        self._finished += len(batch)
+        for item, line in zip(batch, sealed, strict=True):
+            item.ticket._resolve(True, seq=line.seq)
+        self._publish(batch, sealed)
+        self._after_commit()
+
+    def _sleep(self, delay: float) -> None:
+        """Waits ``delay`` seconds, or less if close() sets a nearer deadline."""
+        until = time.monotonic() + delay
+        with self._cond:
+            while (left := min(until, self._close_deadline) - time.monotonic()) > 0:
+                self._cond.wait(left)
+
+    def _fail(self, batch: list[_Item], error: str) -> None:
+        self._failed += len(batch)
+        self._finished += len(batch)
+        for item in batch:
+            item.ticket._resolve(False, error=error)
+        if self._closing and batch:
+            self._lost_at_close += len(batch)
+            log.error("%d audit records could not be written before shutdown", len(batch))
+
+    def _publish(self, batch: list[_Item], sealed: list[SealedLine]) -> None:
+        listeners = self._listeners
+        if not listeners:
+            return
+        for item, line in zip(batch, sealed, strict=True):
+            if not item.is_record:
+                continue
+            for listener in listeners:
+                if not listener.offer(line.line) and listener.dropped:
+                    self._drop_listener(listener)
+
+    def _drop_listener(self, listener: AuditListener) -> None:
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners = [x for x in self._listeners if x is not listener]
+                self._listeners_dropped += 1
+                log.warning("audit listener disconnected: it fell behind")
+
+    def _after_commit(self) -> None:
+        position = self.sink.committed
+        if position is None:
+            return
+        for hook in self._commit_hooks:
+            try:
+                hook(position)
+            except Exception:
+                log.exception("audit commit hook failed")
+
+    def _resolve_flushes(self) -> None:
+        with self._cond:
+            if not self._flushes:
+                return
+            unsynced = self.mode is DeliveryMode.ASYNC and self.sink.dirty
+            keep: list[tuple[int, threading.Event]] = []
+            for target, event in self._flushes:
+                if self._finished >= target and not unsynced:
+                    event.set()
+                else:
+                    keep.append((target, event))
+            self._flushes = keep

@@ -1,0 +1,178 @@
+"""Audit records: one JSON object per decision or refused call, format ``pdp.audit/v1``.
+
+The record is built once, redacted once, and the same bytes go to every sink. It
+carries the request exactly as :meth:`pdp.model.Request.to_json` renders it (arguments
+redacted), so replay feeds ``record["request"]`` back through :func:`pdp.model.parse_request`.
+See ``RECORD.md`` beside this file for the field table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pdp.audit.ids import new_decision_id
+from pdp.audit.redact import Redactor
+from pdp.model import Caller, Decision, Request, deny, format_time
+
+RECORD_VERSION = "pdp.audit/v1"
+
+KIND_DECISION = "decision"
+KIND_REFUSAL = "refusal"
+RECORD_KINDS = frozenset({KIND_DECISION, KIND_REFUSAL})
+
+# The reason a decision carries when its audit record could not be made durable.
+REASON_AUDIT_UNAVAILABLE = "audit_unavailable"
+
+# Suggested refusal codes (gRPC status names in snake case); any short string is accepted.
+REFUSAL_UNAUTHENTICATED = "unauthenticated"
+REFUSAL_PERMISSION_DENIED = "permission_denied"
+REFUSAL_INVALID_ARGUMENT = "invalid_argument"
+REFUSAL_RESOURCE_EXHAUSTED = "resource_exhausted"
+REFUSAL_UNAVAILABLE = "unavailable"
+
+__all__ = [
+    "KIND_DECISION",
+    "KIND_REFUSAL",
+    "REASON_AUDIT_UNAVAILABLE",
+    "RECORD_VERSION",
+    "audit_unavailable",
+    "build_decision_record",
+    "build_refusal_record",
+    "new_decision_id",
+]
+
+
+def _caller_json(caller: Caller | None) -> dict[str, str] | None:
+    if caller is None:
+        return None
+    return {
+        "spiffe_id": caller.spiffe_id,
+        "serial": caller.serial,
+        "trust_domain": caller.trust_domain,
+    }
+
+
+def _request_json(request: Request, redactor: Redactor) -> tuple[dict[str, Any], list[str]]:
+    out = request.to_json()
+    arguments, masked = redactor.arguments(request.server, request.tool, request.arguments)
+    out["arguments"] = arguments
+    paths = [f"request.{p}" for p in masked]
+    if "intent" in out:
+        out["intent"], intent_masked = redactor.value(out["intent"], "request.intent")
+        paths.extend(intent_masked)
+    return out, paths
+
+
+def _decision_json(
+    decision: Decision, redactor: Redactor, prefix: str = ""
+) -> tuple[dict[str, Any], list[str]]:
+    # Cedar error texts and policy reasons can quote argument values: scrub them too.
+    out = decision.to_json()
+    masked: list[str] = []
+    for index, reason in enumerate(out["reasons"]):
+        text = redactor.text(reason["message"])
+        if text != reason["message"]:
+            reason["message"] = text
+            masked.append(f"{prefix}reasons[{index}].message")
+    for index, error in enumerate(out["errors"]):
+        text = redactor.text(error)
+        if text != error:
+            out["errors"][index] = text
+            masked.append(f"{prefix}errors[{index}]")
+    return out, masked
+
+
+def build_decision_record(
+    decision_id: str,
+    request: Request,
+    decision: Decision,
+    caller: Caller,
+    latency_us: int,
+    instance_id: str,
+    redactor: Redactor,
+    shadow: Decision | None = None,
+    *,
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """The record of one evaluated request. ``time`` defaults to now (UTC).
+
+    ``shadow`` is the decision of a policy set evaluated alongside without being
+    enforced (dry run); it is recorded so a rollout can be judged from the log.
+    """
+    request_json, masked = _request_json(request, redactor)
+    decision_json, decision_masked = _decision_json(decision, redactor)
+    record: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "kind": KIND_DECISION,
+        "decision_id": decision_id,
+        "time": format_time(time or datetime.now(UTC)),
+        "instance_id": instance_id,
+        "decision": decision_json["decision"],
+        "reasons": decision_json["reasons"],
+        "errors": decision_json["errors"],
+        "policy_version": decision_json["policy_version"],
+        "latency_us": int(latency_us),
+        "caller": _caller_json(caller),
+        "request": request_json,
+    }
+    masked.extend(decision_masked)
+    if shadow is not None:
+        record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")
+        masked.extend(shadow_masked)
+    record["arguments_redacted"] = any(p.startswith("request.arguments") for p in masked)
+    if masked:
+        record["redacted"] = masked
+    return record
+
+
+def build_refusal_record(
+    decision_id: str,
+    code: str,
+    message: str,
+    *,
+    caller: Caller | None,
+    instance_id: str,
+    redactor: Redactor,
+    request: Request | None = None,
+    method: str = "",
+    peer: str = "",
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """The record of a call refused before (or instead of) evaluation.
+
+    ``code`` names why (``unauthenticated``, ``permission_denied``, ``invalid_argument``,
+    ``resource_exhausted``, ``unavailable``…); ``caller`` is ``None`` when the peer was
+    not authenticated; ``request`` is given when it had already been parsed.
+    """
+    record: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "kind": KIND_REFUSAL,
+        "decision_id": decision_id,
+        "time": format_time(time or datetime.now(UTC)),
+        "instance_id": instance_id,
+        "refusal": {"code": code, "message": redactor.text(message)},
+        "caller": _caller_json(caller),
+    }
+    masked: list[str] = []
+    if redactor.text(message) != message:
+        masked.append("refusal.message")
+    if method:
+        record["method"] = method
+    if peer:
+        record["peer"] = peer
+    if request is not None:
+        record["request"], request_masked = _request_json(request, redactor)
+        masked.extend(request_masked)
+    record["arguments_redacted"] = any(p.startswith("request.arguments") for p in masked)
+    if masked:
+        record["redacted"] = masked
+    return record
+
+
+def audit_unavailable(decision: Decision, detail: str = "") -> Decision:
+    """The deny that replaces ``decision`` when its audit record is not durable."""
+    message = "the audit log is unavailable; decisions are denied until it recovers"
+    if detail:
+        message = f"{message} ({detail})"
+    return deny(decision.policy_version, REASON_AUDIT_UNAVAILABLE, message)
