@@ -153,6 +153,40 @@ def cmd_schema_from_mcp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pdp.service.commands import ServeOptions, serve
+
+    return serve(
+        ServeOptions(
+            config_file=args.config,
+            dev=args.dev,
+            state_dir=args.state_dir,
+            listen=args.listen,
+            policies=args.policies,
+        )
+    )
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from pdp.service.commands import CallOptions, call
+
+    data = read_json_input(args.request)
+    return call(
+        data,
+        CallOptions(
+            target=args.target,
+            dev=args.dev,
+            state_dir=args.state_dir,
+            cert=args.cert,
+            key=args.key,
+            bundle=args.bundle,
+            server_id=args.server_id,
+            server_name=args.server_name,
+            timeout=args.timeout,
+        ),
+    )
+
+
 # --- parser ----------------------------------------------------------------------
 
 
@@ -205,6 +239,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--inventory", action="store_true", help="print the entities.json fragment instead"
     )
     q.set_defaults(handler=cmd_schema_from_mcp)
+
+    p = sub.add_parser("serve", help="run the mTLS gRPC decision service")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML service configuration")
+    p.add_argument(
+        "--dev", action="store_true", help="use a local dev CA (in --state-dir) as identity"
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="default: 127.0.0.1:8443")
+    p.add_argument("--policies", "-p", metavar="DIR", help="policy directory (default: policies)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
+    p.add_argument("request", metavar="REQUEST.json")
+    p.add_argument("--target", default="127.0.0.1:8443", metavar="HOST:PORT")
+    p.add_argument("--dev", action="store_true", help="use the dev gateway SVID and dev CA")
+    p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
+    p.add_argument("--cert", metavar="FILE", help="client SVID certificate chain (PEM)")
+    p.add_argument("--key", metavar="FILE", help="client SVID private key (PEM)")
+    p.add_argument("--bundle", metavar="FILE", help="trust bundle of the server's trust domain")
+    p.add_argument("--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have")
+    p.add_argument(
+        "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"
+    )
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.set_defaults(handler=cmd_call)
 
     return parser
 

@@ -1,0 +1,252 @@
+"""``pdp serve`` and ``pdp call``: the service's command-line glue (pdp/cli.py parses).
+
+Both return an exit code and print errors as one line on stderr: ``serve`` exits 0
+after a graceful stop and 2 when it cannot start; ``call`` exits 0 on allow, 1 on deny,
+2 on any error (nothing decided).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
+from pdp.service.config import (
+    DEFAULT_STATE_DIR,
+    CallerBinding,
+    ConfigError,
+    DevIdentity,
+    ServiceConfig,
+    load_config,
+)
+
+if TYPE_CHECKING:
+    from pdp.service.server import DecisionServer
+
+EXIT_OK, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+DEFAULT_TARGET = "127.0.0.1:8443"
+DEV_GATEWAYS = f"spiffe://{DEV_TRUST_DOMAIN}/gateway/*"
+EXAMPLE_REQUEST = Path("policies/examples/requests/support-get-ticket.json")
+
+
+def _error(message: str) -> int:
+    print(f"pdp: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# --- serve ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_file: str | None = None
+    dev: bool = False
+    state_dir: str | None = None
+    listen: str | None = None
+    policies: str | None = None
+
+
+def agent_trust_domains(inventory_entities: Sequence[dict[str, Any]]) -> list[str]:
+    """The trust domains of the agents named in a policy inventory, sorted."""
+    domains = {
+        str(entity["uid"]["id"]).removeprefix("spiffe://").partition("/")[0]
+        for entity in inventory_entities
+        if entity.get("uid", {}).get("type") == "Agent"
+    }
+    return sorted(domains)
+
+
+def serve(options: ServeOptions) -> int:
+    from pdp.engine import Engine, PolicyLoadError, load_policies
+    from pdp.identity.sources import IdentityError
+    from pdp.service.server import DecisionServer, open_identity, serve_until_signalled
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(options.config_file) if options.config_file else ServiceConfig()
+        changes: dict[str, Any] = {}
+        if options.listen:
+            changes["listen"] = options.listen
+        if options.policies:
+            changes["policies"] = Path(options.policies)
+        if options.dev:
+            state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
+            changes["identity"] = DevIdentity(state_dir=state_dir)
+        elif options.state_dir:
+            return _error("--state-dir only applies with --dev")
+        config = config.replace(**changes) if changes else config
+    except ConfigError as exc:
+        return _error(str(exc))
+
+    try:
+        compiled = load_policies(config.policies)
+    except PolicyLoadError as exc:
+        for diagnostic in exc.diagnostics:
+            print(f"{str(config.policies).rstrip('/')}/{diagnostic}", file=sys.stderr)
+        return _error(f"policies in {config.policies} are invalid")
+    engine = Engine(compiled, config.limits.request)
+
+    dev_note = ""
+    if options.dev:
+        # The dev gateway may ask about every agent of the trust domains the policies
+        # know, named one by one (never spiffe://* : a binding is a deliberate list).
+        domains = agent_trust_domains(compiled.inventory.entities)
+        agents = tuple(f"spiffe://{td}/*" for td in domains)
+        if agents:
+            config = config.replace(callers=(*config.callers, CallerBinding(DEV_GATEWAYS, agents)))
+            dev_note = f"dev mode: callers {DEV_GATEWAYS} may ask about agents {', '.join(agents)}"
+        else:
+            dev_note = "dev mode: the policies name no agents, so no dev caller is allowed"
+
+    try:
+        identity = open_identity(config.identity)
+    except (IdentityError, ValueError, OSError) as exc:
+        return _error(f"cannot load the server identity: {exc}")
+    with identity:
+        server = DecisionServer(config, engine, identity)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            return _error(f"cannot listen on {config.listen}: {exc}")
+        for line in _startup_lines(server, options, dev_note):
+            print(f"pdp: {line}", flush=True)
+
+        def on_signal(signum: int) -> None:
+            grace = config.server.shutdown_grace_s
+            print(f"pdp: signal {signum}: draining (up to {grace:g} s)", flush=True)
+
+        code = serve_until_signalled(server, on_signal=on_signal)
+        print("pdp: stopped", flush=True)
+        return code
+
+
+def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str) -> list[str]:
+    config = server.config
+    engine = server.engine
+    lines = [
+        f"listening on {server.address} (mutual TLS; TLS 1.3, or TLS 1.2 with ECDHE-AEAD)",
+        f"server SPIFFE ID {server.spiffe_id}",
+        f"policy version {engine.version} ({len(engine.compiled)} policies from {config.policies})",
+    ]
+    if dev_note:
+        lines.append(dev_note)
+    for binding in config.callers:
+        if not options.dev or binding.caller != DEV_GATEWAYS:
+            lines.append(f"caller {binding.caller} may ask about {', '.join(binding.agents)}")
+    if not config.callers:
+        lines.append("WARNING: no callers are allowed (config 'callers'): every call is refused")
+    example = EXAMPLE_REQUEST if EXAMPLE_REQUEST.exists() else Path("REQUEST.json")
+    target = server.address.replace("0.0.0.0:", "127.0.0.1:")
+    if options.dev:
+        state = f" --state-dir {options.state_dir}" if options.state_dir else ""
+        lines.append(f"try: pdp call {example} --dev{state} --target {target}")
+    else:
+        lines.append(
+            f"try: pdp call {example} --target {target} --server-id {server.spiffe_id}"
+            " --cert SVID.pem --key SVID.key --bundle BUNDLE.pem"
+        )
+    return lines
+
+
+# --- call -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    target: str = DEFAULT_TARGET
+    dev: bool = False
+    state_dir: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    bundle: str | None = None
+    server_id: str | None = None
+    server_name: str | None = None
+    timeout: float = 10.0
+
+
+def call(data: Any, options: CallOptions) -> int:
+    """Sends one request (``pdp check`` JSON) to a server and prints the decision."""
+    import grpc
+    from google.protobuf import json_format
+
+    from pdp._proto.pdp.v1 import decision_pb2 as pb
+    from pdp.service.convert import response_json
+    from pdp.service.servicer import CHECK_METHOD
+    from pdp.service.tls import ServerIdentityError, channel_credentials, check_server_spiffe_id
+
+    host, sep, port_text = options.target.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        return _error(f"--target {options.target!r} must be HOST:PORT")
+    try:
+        cert_file, key_file, bundle_file, server_id = _client_identity(options)
+        cert, key, bundle = (Path(f).read_bytes() for f in (cert_file, key_file, bundle_file))
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    try:
+        request = json_format.ParseDict(data, pb.CheckRequest())
+    except json_format.ParseError as exc:
+        return _error(f"the request is not a pdp.v1.CheckRequest: {exc}")
+    try:
+        check_server_spiffe_id(
+            host.strip("[]"),
+            int(port_text),
+            expected_id=server_id,
+            bundle_pem=bundle,
+            cert_chain_pem=cert,
+            key_pem=key,
+            timeout=options.timeout,
+        )
+    except ServerIdentityError as exc:
+        return _error(str(exc))
+    channel_options = []
+    if options.server_name:
+        channel_options.append(("grpc.ssl_target_name_override", options.server_name))
+    credentials = channel_credentials(bundle, cert, key)
+    with grpc.secure_channel(options.target, credentials, options=channel_options) as channel:
+        check = channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+        try:
+            response = check(request, timeout=options.timeout)
+        except grpc.RpcError as exc:
+            return _error(f"call failed: {exc.code().name}: {exc.details()}")
+    print(json.dumps(response_json(response), indent=2, ensure_ascii=False))
+    return EXIT_OK if response.decision == pb.DECISION_ALLOW else EXIT_DENY
+
+
+def _client_identity(options: CallOptions) -> tuple[str, str, str, str]:
+    """(cert, key, bundle, expected server ID) from --dev or the explicit options."""
+    if options.dev:
+        if options.cert or options.key or options.bundle:
+            raise ValueError("use either --dev or --cert/--key/--bundle")
+        state = DevState(Path(options.state_dir or DEFAULT_STATE_DIR), DEV_TRUST_DOMAIN)
+        if not state.gateway_cert_file.exists():
+            raise ValueError(
+                f"no dev credentials in {state.state_dir}: start `pdp serve --dev` first"
+            )
+        return (
+            str(state.gateway_cert_file),
+            str(state.gateway_key_file),
+            str(state.bundle_file),
+            options.server_id or state.server_id,
+        )
+    given = {
+        "--cert": options.cert,
+        "--key": options.key,
+        "--bundle": options.bundle,
+        "--server-id": options.server_id,
+    }
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (or --dev for the dev CA)")
+    assert options.cert and options.key and options.bundle and options.server_id
+    return options.cert, options.key, options.bundle, options.server_id

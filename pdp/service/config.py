@@ -1,0 +1,349 @@
+"""The decision service's configuration: frozen dataclasses, read from YAML, safe defaults.
+
+Defaults fail closed: the server listens on loopback only, no caller is allowed until
+the ``callers`` list names it, mutual TLS is the only transport, and every limit is on.
+
+Example (every key optional except what the identity source needs)::
+
+    listen: 0.0.0.0:8443
+    policies: /etc/pdp/policies
+    identity:
+      source: workload_api            # or: files, dev
+      socket: unix:///run/spire/agent.sock   # default: $SPIFFE_ENDPOINT_SOCKET
+    callers:
+      - id: spiffe://acme.test/gateway/*
+        agents: [spiffe://acme.test/agent/*, spiffe://partner.test/agent/helper]
+    limits:
+      max_message_bytes: 4194304
+      max_batch: 256
+      request: {max_arguments_bytes: 65536, max_depth: 16}
+    rate_limit: {decisions_per_second: 2000, burst: 4000}
+    server: {threads: 16, max_concurrent_rpcs: 256, max_connection_age_s: 300}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern, parse_trust_domain
+from pdp.model import Limits
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_STATE_DIR = Path(".pdp-state")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and what to change."""
+
+
+# --- identity sources -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadApiIdentity:
+    """The SVID from a SPIFFE Workload API (SPIRE agent) socket."""
+
+    socket: str | None = None  # None: $SPIFFE_ENDPOINT_SOCKET
+    timeout_s: float = 10.0  # for the first SVID; the server does not start without one
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """SVID, key and trust bundles from files (e.g. written by spiffe-helper)."""
+
+    cert: Path
+    key: Path
+    bundles: Mapping[str, Path]  # trust domain -> PEM or SPIFFE bundle JSON
+    reload_interval_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DevIdentity:
+    """A self-managed dev CA in ``state_dir`` (``pdp serve --dev``); never for production."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    reload_interval_s: float = 60.0
+
+
+IdentityConfig = WorkloadApiIdentity | FileIdentity | DevIdentity
+
+
+# --- callers, limits, server --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallerBinding:
+    """Callers matching ``caller`` may ask about agents matching one of ``agents``.
+
+    Patterns are exact SPIFFE IDs or prefixes ending in ``/*`` (``SpiffeIdPattern``).
+    """
+
+    caller: str
+    agents: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for text in (self.caller, *self.agents):
+            try:
+                SpiffeIdPattern(text)
+            except InvalidSpiffeId as exc:
+                raise ConfigError(f"{text!r} is not a SPIFFE ID pattern: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    max_message_bytes: int = 4 * 1024 * 1024  # checked by grpc before decoding
+    max_batch: int = 256  # requests in one CheckBatch
+    request: Limits = field(default_factory=Limits)  # per request, see pdp.model.Limits
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket per caller SPIFFE ID, counted in decisions (a batch of n costs n)."""
+
+    decisions_per_second: float = 2000.0
+    burst: int = 4000
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    threads: int = 16
+    max_concurrent_rpcs: int = 256  # beyond this grpc answers RESOURCE_EXHAUSTED
+    max_concurrent_streams: int = 100  # per HTTP/2 connection
+    # Connections are re-handshaken at this age so that rotated or removed bundles and
+    # expired client SVIDs take effect on long-lived connections too.
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 30.0
+    max_connection_idle_s: float = 600.0
+    shutdown_grace_s: float = 10.0  # in-flight calls get this long after SIGTERM
+    workers: int = 1  # processes; only 1 is implemented (SO_REUSEPORT workers are planned)
+    # TLS 1.2 cipher suites are not here: grpc reads them from the environment at import
+    # time, before any config is loaded (see pdp/service/cipher_suites.py).
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    listen: str = DEFAULT_LISTEN
+    policies: Path = Path("policies")
+    identity: IdentityConfig = field(default_factory=WorkloadApiIdentity)
+    callers: tuple[CallerBinding, ...] = ()
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    server: ServerOptions = field(default_factory=ServerOptions)
+
+    def __post_init__(self) -> None:
+        _check_config(self)
+
+    def replace(self, **changes: Any) -> ServiceConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_config(config: ServiceConfig) -> None:
+    host, sep, port = config.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"listen: {config.listen!r} must be HOST:PORT (PORT 0 picks a free one)")
+    positive = {
+        "limits.max_message_bytes": config.limits.max_message_bytes,
+        "limits.max_batch": config.limits.max_batch,
+        "rate_limit.decisions_per_second": config.rate_limit.decisions_per_second,
+        "rate_limit.burst": config.rate_limit.burst,
+        "server.threads": config.server.threads,
+        "server.max_concurrent_rpcs": config.server.max_concurrent_rpcs,
+        "server.max_concurrent_streams": config.server.max_concurrent_streams,
+        "server.max_connection_age_s": config.server.max_connection_age_s,
+        "server.max_connection_idle_s": config.server.max_connection_idle_s,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}: must be greater than 0 (got {value})")
+    if config.server.max_connection_age_grace_s < 0 or config.server.shutdown_grace_s < 0:
+        raise ConfigError("server: grace periods must not be negative")
+    if config.server.workers != 1:
+        raise ConfigError("server.workers: only 1 is supported so far")
+    if isinstance(config.identity, FileIdentity):
+        for trust_domain in config.identity.bundles:
+            try:
+                parse_trust_domain(trust_domain)
+            except InvalidSpiffeId as exc:
+                raise ConfigError(f"identity.bundles: {exc}") from None
+
+
+# --- YAML ---------------------------------------------------------------------------
+
+
+class _Section:
+    """A mapping read from YAML that knows its path, for error messages, and rejects
+    keys nobody asked for (a typo must not silently fall back to a default)."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path or 'config'}: must be a mapping")
+        self.data: Mapping[str, Any] = data
+        self.path = path
+        self._read: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self._read.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self._name(key)}: must be {_kind_names(kinds)}, not a boolean")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kinds):
+            raise ConfigError(f"{self._name(key)}: must be {_kind_names(kinds)}")
+        return value
+
+    def section(self, key: str) -> _Section:
+        self._read.add(key)
+        return _Section(self.data.get(key), self._name(key))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self._read)
+        if unknown:
+            raise ConfigError(f"{self._name(str(unknown[0]))}: unknown key")
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _identity(section: _Section, base: Path) -> IdentityConfig:
+    source = section.get("source", str, "workload_api")
+    identity: IdentityConfig
+    if source == "workload_api":
+        identity = WorkloadApiIdentity(
+            socket=section.get("socket", str, None),
+            timeout_s=section.get("timeout_s", float, 10.0),
+        )
+    elif source == "files":
+        bundles_section = section.section("bundles")
+        bundles = {
+            str(td): base / bundles_section.get(str(td), str, "") for td in bundles_section.data
+        }
+        bundles_section.done()
+        cert, key = section.get("cert", str, None), section.get("key", str, None)
+        if not cert or not key or not bundles:
+            raise ConfigError(
+                f"{section.path}: source 'files' needs cert, key and bundles (trust domain: file)"
+            )
+        identity = FileIdentity(
+            cert=base / cert,
+            key=base / key,
+            bundles=bundles,
+            reload_interval_s=section.get("reload_interval_s", float, 30.0),
+        )
+    elif source == "dev":
+        identity = DevIdentity(
+            state_dir=base / section.get("state_dir", str, str(DEFAULT_STATE_DIR)),
+            reload_interval_s=section.get("reload_interval_s", float, 60.0),
+        )
+    else:
+        raise ConfigError(
+            f"{section.path}.source: {source!r} is not one of workload_api, files, dev"
+        )
+    section.done()
+    return identity
+
+
+def _callers(data: Any) -> tuple[CallerBinding, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ConfigError("callers: must be a list of {id: PATTERN, agents: [PATTERN, ...]}")
+    bindings: list[CallerBinding] = []
+    for index, entry in enumerate(data):
+        section = _Section(entry, f"callers[{index}]")
+        caller = section.get("id", str, None)
+        agents = section.get("agents", list, None)
+        section.done()
+        if not caller or not agents or not all(isinstance(a, str) for a in agents):
+            raise ConfigError(
+                f"callers[{index}]: needs id (a SPIFFE ID pattern) and agents"
+                " (a non-empty list of SPIFFE ID patterns)"
+            )
+        try:
+            bindings.append(CallerBinding(caller, tuple(agents)))
+        except ConfigError as exc:
+            raise ConfigError(f"callers[{index}]: {exc}") from None
+    return tuple(bindings)
+
+
+def _dataclass_section(section: _Section, cls: Any, defaults: Any) -> Any:
+    """Reads every scalar field of a flat frozen dataclass, typed by its default value."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        default = getattr(defaults, item.name)
+        if dataclasses.is_dataclass(default):
+            continue
+        kind: type = type(default)
+        values[item.name] = section.get(item.name, float if kind is float else kind, default)
+    return values
+
+
+def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
+    """A :class:`ServiceConfig` from parsed YAML; relative paths are relative to ``base``."""
+    root = _Section(data, "")
+    defaults = ServiceConfig()
+    listen = root.get("listen", str, defaults.listen)
+    policies = base / root.get("policies", str, str(defaults.policies))
+    identity = _identity(root.section("identity"), base)
+    root.get("callers", list, None)
+    callers = _callers(root.data.get("callers"))
+
+    limits_section = root.section("limits")
+    request_section = limits_section.section("request")
+    request_limits = Limits(**_dataclass_section(request_section, Limits, Limits()))
+    request_section.done()
+    limits = ServiceLimits(
+        **_dataclass_section(limits_section, ServiceLimits, defaults.limits),
+        request=request_limits,
+    )
+    limits_section.done()
+
+    rate_section = root.section("rate_limit")
+    rate_limit = RateLimit(**_dataclass_section(rate_section, RateLimit, defaults.rate_limit))
+    rate_section.done()
+    server_section = root.section("server")
+    server = ServerOptions(**_dataclass_section(server_section, ServerOptions, defaults.server))
+    server_section.done()
+    root.done()
+    return ServiceConfig(
+        listen=listen,
+        policies=policies,
+        identity=identity,
+        callers=callers,
+        limits=limits,
+        rate_limit=rate_limit,
+        server=server,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> ServiceConfig:
+    """Reads a YAML config file; relative paths in it are relative to the file."""
+    import yaml
+
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    try:
+        return config_from_mapping(data, base=file.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None

@@ -1,0 +1,172 @@
+"""The one place where every call is authenticated: a server interceptor.
+
+It wraps the handler of every method (decision service, health, reflection), so no
+method can run unauthenticated, whoever registers it. Methods of the decision service
+also need the caller on the allow-list; the resulting :class:`Admission` reaches the
+servicer through a context variable (grpc runs each call in its own
+``contextvars.Context``, so nothing leaks from one call to the next).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+
+from pdp.model import Caller
+from pdp.service.gate import AuthContext, CallerGate, CallerGrant, NotAllowed, NotAuthenticated
+from pdp.service.sink import DecisionSink, RefusalCode, RefusalEvent
+
+log = logging.getLogger(__name__)
+
+_STATUS_OF = {
+    RefusalCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    RefusalCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RefusalCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    grant: CallerGrant
+    started_ns: int  # time.perf_counter_ns() when the call reached the server's code
+
+
+_ADMISSION: ContextVar[Admission] = ContextVar("pdp_admission")
+
+
+def current_admission() -> Admission | None:
+    """The admission of the call being served, or None outside an admitted call."""
+    return _ADMISSION.get(None)
+
+
+class Refuser:
+    """Ends a call with a status and tells the sink, with an id the operator can look up."""
+
+    def __init__(self, sink: DecisionSink, new_id: Callable[[], str]) -> None:
+        self._sink = sink
+        self._new_id = new_id
+
+    def refuse(
+        self,
+        context: grpc.ServicerContext,
+        code: RefusalCode,
+        message: str,
+        method: str,
+        caller: Caller | None = None,
+    ) -> NoReturn:
+        refusal_id = self._new_id()
+        try:
+            self._sink.record_refusal(
+                RefusalEvent(refusal_id, code, message, method, context.peer(), caller)
+            )
+        except Exception:
+            log.exception("recording refusal %s failed", refusal_id)
+        context.abort(_STATUS_OF[code], f"{message} (refusal id {refusal_id})")
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _InterceptorBase = grpc.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _InterceptorBase = grpc.ServerInterceptor
+
+
+class AuthInterceptor(_InterceptorBase):
+    """Authenticates every call; admits calls to ``protected_services`` by allow-list."""
+
+    def __init__(
+        self, gate: CallerGate, refuser: Refuser, protected_services: Collection[str]
+    ) -> None:
+        self._gate = gate
+        self._refuser = refuser
+        self._protected = tuple(f"/{service}/" for service in protected_services)
+        # Handlers are fixed once the server starts: wrap each method once.
+        self._wrapped: dict[str, Handler] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # UNIMPLEMENTED; nothing runs
+        wrapped = _wrap_handler(handler, self._guard(method))
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _guard(self, method: str) -> Callable[[Behavior], Behavior]:
+        protected = method.startswith(self._protected)
+
+        def guard(behavior: Behavior) -> Behavior:
+            def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+                started_ns = time.perf_counter_ns()
+                self._admit(context, method, protected, started_ns)
+                return behavior(request, context)
+
+            return admitted
+
+        return guard
+
+    def _admit(
+        self, context: grpc.ServicerContext, method: str, protected: bool, started_ns: int
+    ) -> None:
+        try:
+            # grpc-stubs say Mapping[str, bytes]; grpc returns lists of values.
+            auth_context: AuthContext = context.auth_context()  # type: ignore[assignment]
+            if protected:
+                _ADMISSION.set(Admission(self._gate.admit(auth_context), started_ns))
+            else:
+                self._gate.authenticate(auth_context)
+        except NotAuthenticated as exc:
+            self._refuser.refuse(context, RefusalCode.UNAUTHENTICATED, exc.message, method)
+        except NotAllowed as exc:
+            self._refuser.refuse(
+                context, RefusalCode.PERMISSION_DENIED, exc.message, method, exc.caller
+            )
+        except Exception:
+            # Fail closed: a bug in authentication must never let a call through.
+            log.exception("authentication of a call to %s failed unexpectedly", method)
+            self._refuser.refuse(
+                context,
+                RefusalCode.UNAUTHENTICATED,
+                "the caller could not be authenticated (internal error)",
+                method,
+            )
+
+
+def _wrap_handler(handler: Handler, guard: Callable[[Behavior], Behavior]) -> Handler:
+    deserializer = handler.request_deserializer
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            guard(handler.unary_unary), deserializer, serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            guard(handler.unary_stream), deserializer, serializer
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            guard(handler.stream_unary), deserializer, serializer
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            guard(handler.stream_stream), deserializer, serializer
+        )
+    raise ValueError("method handler without a behavior")

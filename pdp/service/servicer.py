@@ -1,0 +1,322 @@
+"""The decision service: Check and CheckBatch.
+
+:class:`DecisionCore` is the decision path of one call without grpc: decode, parse,
+check the caller's binding, decide, record, answer. It never raises and never allows
+on failure: a request it cannot read is an ``invalid_request`` deny, a caller asking
+about an agent outside its binding gets ``caller_not_bound``, an unexpected exception
+is an ``internal_error`` deny and an unrecorded decision is ``audit_unavailable``.
+
+Requests arrive as raw bytes and are decoded here rather than by grpc, so that an
+undecodable ``Check`` is answered with a deny naming the problem (grpc itself would
+answer INTERNAL) and recorded like any other decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.engine import Engine
+from pdp.model import (
+    REASON_INTERNAL_ERROR,
+    Decision,
+    JsonValue,
+    Request,
+    RequestError,
+    deny,
+    parse_request,
+)
+from pdp.service.convert import check_response, request_data
+from pdp.service.gate import CallerGrant, RateLimiter
+from pdp.service.interceptor import Admission, Refuser, current_admission
+from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+CHECK_METHOD = f"/{SERVICE_NAME}/Check"
+CHECK_BATCH_METHOD = f"/{SERVICE_NAME}/CheckBatch"
+
+REASON_CALLER_NOT_BOUND = "caller_not_bound"
+REASON_AUDIT_UNAVAILABLE = "audit_unavailable"
+# Time kept back from the call's deadline for sending the answer after recording.
+_ANSWER_MARGIN_S = 0.005
+_NO_DEADLINE_S = 10.0**9
+
+
+class EngineHolder(Protocol):
+    """Holds the engine in force, e.g. :class:`pdp.engine.runtime.PolicyRuntime`, which
+    swaps it on reload. Read once per call, so a call is decided by one policy version."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+
+class FixedEngine:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+
+class DecisionCore:
+    """Decides the requests of one call for an admitted caller; never raises."""
+
+    def __init__(
+        self,
+        engines: EngineHolder,
+        sink: DecisionSink,
+        *,
+        new_id: Callable[[], str],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engines = engines
+        self.sink = sink
+        self._new_id = new_id
+        self._clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines.engine
+
+    def decide(
+        self,
+        messages: Sequence[pb.CheckRequest | bytes],
+        grant: CallerGrant,
+        *,
+        method: str,
+        started_ns: int,
+        timeout: float | None,
+    ) -> list[pb.CheckResponse]:
+        """One response per message, in order. ``bytes`` are decoded here."""
+        engine = self.engines.engine  # one policy version for the whole call
+        ids = [self._new_id() for _ in messages]
+        datas: list[dict[str, JsonValue]] = [{} for _ in messages]
+        requests: list[Request | None] = [None] * len(messages)
+        try:
+            decisions = self._evaluate(engine, messages, grant, datas, requests)
+        except Exception:
+            log.exception("internal error deciding %d request(s) for %s", len(ids), grant.caller)
+            decisions = [_internal_error(engine.version)] * len(messages)
+        latency_us = (time.perf_counter_ns() - started_ns) // 1000
+        events = [
+            DecisionEvent(
+                decision_id=ids[i],
+                method=method,
+                caller=grant.caller,
+                data=datas[i],
+                request=requests[i],
+                decision=decisions[i],
+                latency_us=latency_us,
+            )
+            for i in range(len(messages))
+        ]
+        recorded = self._record(events, timeout)
+        return [
+            check_response(
+                decision if ok else _audit_unavailable(decision.policy_version), decision_id
+            )
+            for decision_id, decision, ok in zip(ids, decisions, recorded, strict=True)
+        ]
+
+    def _evaluate(
+        self,
+        engine: Engine,
+        messages: Sequence[pb.CheckRequest | bytes],
+        grant: CallerGrant,
+        datas: list[dict[str, JsonValue]],
+        requests: list[Request | None],
+    ) -> list[Decision]:
+        limits = engine.limits
+        now = self._clock()
+        decisions: list[Decision | None] = [None] * len(messages)
+        for index, message in enumerate(messages):
+            try:
+                if isinstance(message, bytes):
+                    message = _decode_check_request(message)
+                data = request_data(message, limits)
+                # The gateway is whoever authenticated, whatever the request claims.
+                data["gateway"] = grant.caller.spiffe_id
+                datas[index] = data
+                request = parse_request(data, now=now, limits=limits)
+            except RequestError as exc:
+                decisions[index] = engine.invalid(exc)
+                continue
+            requests[index] = request
+            if not grant.may_ask_about(request.agent):
+                decisions[index] = deny(
+                    engine.version,
+                    REASON_CALLER_NOT_BOUND,
+                    f"caller {grant.caller.spiffe_id} may not ask about agent {request.agent}",
+                )
+        pending = [i for i, d in enumerate(decisions) if d is None]
+        if pending:
+            decided = engine.decide_batch([requests[i] for i in pending])  # type: ignore[misc]
+            for index, decision in zip(pending, decided, strict=True):
+                decisions[index] = decision
+        return [d if d is not None else _internal_error(engine.version) for d in decisions]
+
+    def _record(self, events: list[DecisionEvent], timeout: float | None) -> list[bool]:
+        if timeout is not None:
+            timeout = max(0.0, timeout - _ANSWER_MARGIN_S)
+        try:
+            flags = list(self.sink.record_decisions(events, timeout))
+        except Exception:
+            log.exception("decision sink failed; denying %d decision(s)", len(events))
+            return [False] * len(events)
+        if len(flags) != len(events):
+            log.error("decision sink returned %d flags for %d decisions", len(flags), len(events))
+            return [False] * len(events)
+        return [flag is True for flag in flags]
+
+
+def _time_remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None without a deadline (grpc then
+    reports about 2**63 seconds)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return remaining
+
+
+def _decode_check_request(data: bytes) -> pb.CheckRequest:
+    message = pb.CheckRequest()
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RecursionError) as exc:
+        raise RequestError(
+            "request", "malformed", f"not a valid pdp.v1.CheckRequest message ({exc})"
+        ) from None
+    return message
+
+
+def _internal_error(policy_version: str) -> Decision:
+    return deny(
+        policy_version, REASON_INTERNAL_ERROR, "internal error in the decision service; denied"
+    )
+
+
+def _audit_unavailable(policy_version: str) -> Decision:
+    return deny(
+        policy_version,
+        REASON_AUDIT_UNAVAILABLE,
+        "the decision could not be recorded in the audit log; denied until it recovers",
+    )
+
+
+class DecisionServicer:
+    """The grpc face of :class:`DecisionCore`: rate limits, batch size, deadlines."""
+
+    def __init__(
+        self,
+        core: DecisionCore,
+        rate_limiter: RateLimiter,
+        refuser: Refuser,
+        *,
+        max_batch: int,
+    ) -> None:
+        self.core = core
+        self._rate_limiter = rate_limiter
+        self._refuser = refuser
+        self._max_batch = max_batch
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        """The service's methods, taking raw request bytes (decoded by the core)."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.check, response_serializer=pb.CheckResponse.SerializeToString
+                ),
+                "CheckBatch": grpc.unary_unary_rpc_method_handler(
+                    self.check_batch,
+                    response_serializer=pb.CheckBatchResponse.SerializeToString,
+                ),
+            },
+        )
+
+    def check(self, data: bytes, context: grpc.ServicerContext) -> pb.CheckResponse:
+        admission = self._admitted(context, CHECK_METHOD)
+        self._charge(context, CHECK_METHOD, admission, 1)
+        try:
+            return self.core.decide(
+                (data,),
+                admission.grant,
+                method=CHECK_METHOD,
+                started_ns=admission.started_ns,
+                timeout=_time_remaining(context),
+            )[0]
+        except Exception:
+            log.exception("internal error answering Check")
+            return check_response(_internal_error(self.core.engine.version), "")
+
+    def check_batch(self, data: bytes, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
+        admission = self._admitted(context, CHECK_BATCH_METHOD)
+        batch = pb.CheckBatchRequest()
+        try:
+            batch.ParseFromString(data)
+        except (DecodeError, RecursionError) as exc:
+            # Without the list there is no way to answer request by request.
+            self._refuser.refuse(
+                context,
+                RefusalCode.INVALID_ARGUMENT,
+                f"not a valid pdp.v1.CheckBatchRequest message ({exc})",
+                CHECK_BATCH_METHOD,
+                admission.grant.caller,
+            )
+        count = len(batch.requests)
+        if count > self._max_batch:
+            self._refuser.refuse(
+                context,
+                RefusalCode.RESOURCE_EXHAUSTED,
+                f"batch has {count} requests; the limit is {self._max_batch}",
+                CHECK_BATCH_METHOD,
+                admission.grant.caller,
+            )
+        self._charge(context, CHECK_BATCH_METHOD, admission, count)
+        try:
+            responses = self.core.decide(
+                batch.requests,
+                admission.grant,
+                method=CHECK_BATCH_METHOD,
+                started_ns=admission.started_ns,
+                timeout=_time_remaining(context),
+            )
+        except Exception:
+            log.exception("internal error answering CheckBatch")
+            denied = check_response(_internal_error(self.core.engine.version), "")
+            responses = [denied] * count
+        return pb.CheckBatchResponse(responses=responses)
+
+    def _admitted(self, context: grpc.ServicerContext, method: str) -> Admission:
+        admission = current_admission()
+        if admission is None:
+            # Registered without the AuthInterceptor: refuse rather than serve anyone.
+            self._refuser.refuse(
+                context,
+                RefusalCode.UNAUTHENTICATED,
+                "the caller was not authenticated (server misconfigured)",
+                method,
+            )
+        remaining = _time_remaining(context)
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before deciding")
+        return admission
+
+    def _charge(
+        self, context: grpc.ServicerContext, method: str, admission: Admission, cost: int
+    ) -> None:
+        caller = admission.grant.caller
+        if not self._rate_limiter.take(caller.spiffe_id, cost):
+            self._refuser.refuse(
+                context,
+                RefusalCode.RESOURCE_EXHAUSTED,
+                f"rate limit for {caller.spiffe_id} exceeded; retry with backoff",
+                method,
+                caller,
+            )

@@ -1,0 +1,91 @@
+"""The hook through which every decision and every refused call leaves the service.
+
+The service calls :meth:`DecisionSink.record_decisions` once per RPC, after deciding
+and *before* answering, and waits for it: a sink that returns ``False`` for a decision
+(or raises, or times out) turns that answer into a deny with reason
+``audit_unavailable``. That is how a synchronous audit log makes "no answer without a
+durable record" hold. A sink can only take an allow away, never grant one.
+
+Refusals (unauthenticated, permission denied, rate limited, batch too large or
+undecodable) go to
+:meth:`DecisionSink.record_refusal`, which must not block: the call is refused anyway.
+
+An audit adapter is expected to look like::
+
+    class AuditSink:
+        def record_decisions(self, events, timeout):
+            tickets = [pipeline.submit(build_record(e)) for e in events]  # group commit
+            return [ticket.wait(timeout) for ticket in tickets]
+
+        def record_refusal(self, event):
+            pipeline.submit(build_refusal_record(...))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pdp.model import Caller, Decision, JsonValue, Request
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    """One decided request. ``request`` is ``None`` when it could not be parsed (the
+    decision is then an ``invalid_request`` deny); ``data`` is always the request as
+    received, in the JSON shape of ``pdp check``, with ``gateway`` set to the caller."""
+
+    decision_id: str
+    method: str  # full gRPC method, e.g. "/pdp.v1.DecisionService/Check"
+    caller: Caller
+    data: Mapping[str, JsonValue]
+    request: Request | None
+    decision: Decision
+    latency_us: int  # from receiving the call to having the decision, before recording
+
+
+class RefusalCode(StrEnum):
+    """Why a call was refused without a decision (also the audit record's code)."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    INVALID_ARGUMENT = "invalid_argument"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalEvent:
+    refusal_id: str  # UUIDv7, also sent to the client in the status details
+    code: RefusalCode
+    message: str
+    method: str
+    peer: str  # grpc's peer address, e.g. "ipv4:127.0.0.1:53412"
+    caller: Caller | None  # None when the peer was not authenticated
+
+
+class DecisionSink(Protocol):
+    def record_decisions(
+        self, events: Sequence[DecisionEvent], timeout: float | None
+    ) -> Sequence[bool]:
+        """Records the decisions of one RPC; one flag per event, True when recorded
+        (durably, if the sink promises durability). ``timeout`` is what is left of the
+        call's deadline (None: no deadline); returning late is a failure anyway."""
+        ...
+
+    def record_refusal(self, event: RefusalEvent) -> None:
+        """Records a refused call; must not block."""
+        ...
+
+
+class NullSink:
+    """Records nothing and reports success: the default until audit is configured."""
+
+    def record_decisions(
+        self, events: Sequence[DecisionEvent], timeout: float | None
+    ) -> Sequence[bool]:
+        return [True] * len(events)
+
+    def record_refusal(self, event: RefusalEvent) -> None:
+        return None

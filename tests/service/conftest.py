@@ -1,0 +1,275 @@
+"""Fixtures for the decision service: a PKI of three trust domains, in-process servers
+on free loopback ports, mTLS clients and a recording sink.
+
+Trust domains: ``pdp.test`` (the server's and the gateways'), ``partner.test``
+(federated: its bundle is trusted too) and ``evil.test`` (not trusted). The example
+policies decide about agents in ``acme.test`` and ``partner.test``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.engine import Engine, load_policies
+from pdp.identity.devca import DevCA, IssuedCert
+from pdp.identity.sources import StaticFileSource
+from pdp.service import (
+    CallerBinding,
+    DecisionEvent,
+    DecisionServer,
+    RateLimit,
+    RefusalEvent,
+    ServerOptions,
+    ServiceConfig,
+)
+from pdp.service.servicer import CHECK_BATCH_METHOD, CHECK_METHOD
+
+REPO = Path(__file__).resolve().parents[2]
+POLICIES = REPO / "policies"
+REQUESTS = POLICIES / "examples" / "requests"
+
+TD, PARTNER_TD, EVIL_TD = "pdp.test", "partner.test", "evil.test"
+SERVER_ID = f"spiffe://{TD}/pdp"
+GATEWAY_ID = f"spiffe://{TD}/gateway/edge"
+PARTNER_GATEWAY_ID = f"spiffe://{PARTNER_TD}/gateway/bridge"
+STRANGER_ID = f"spiffe://{TD}/batch/job"  # authenticated, but not on the allow-list
+
+CALLERS = (
+    CallerBinding(f"spiffe://{TD}/gateway/*", ("spiffe://acme.test/agent/*",)),
+    CallerBinding(f"spiffe://{PARTNER_TD}/gateway/*", ("spiffe://partner.test/agent/*",)),
+)
+TIMEOUT = 10.0
+
+
+def example_request(name: str = "support-get-ticket") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((REQUESTS / f"{name}.json").read_text())
+    return data
+
+
+def to_message(data: dict[str, Any]) -> pb.CheckRequest:
+    return json_format.ParseDict(data, pb.CheckRequest())
+
+
+@dataclass
+class Pki:
+    ca: DevCA
+    partner: DevCA
+    evil: DevCA
+    server: IssuedCert
+    gateway: IssuedCert
+    partner_gateway: IssuedCert
+    stranger: IssuedCert
+
+    def svid(self, spiffe_id: str, **kwargs: Any) -> IssuedCert:
+        return self.ca.issue_svid(spiffe_id, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    ca = DevCA.create(TD)
+    partner = DevCA.create(PARTNER_TD)
+    return Pki(
+        ca=ca,
+        partner=partner,
+        evil=DevCA.create(EVIL_TD),
+        server=ca.issue_svid(SERVER_ID, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+        gateway=ca.issue_svid(GATEWAY_ID),
+        partner_gateway=partner.issue_svid(PARTNER_GATEWAY_ID),
+        stranger=ca.issue_svid(STRANGER_ID),
+    )
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    return Engine(load_policies(POLICIES))
+
+
+@pytest.fixture
+def identity(pki: Pki, tmp_path: Path) -> Iterator[StaticFileSource]:
+    files = {
+        "svid.pem": pki.server.chain_pem,
+        "svid.key": pki.server.key_pem,
+        "pdp.pem": pki.ca.bundle_pem,
+        "partner.pem": pki.partner.bundle_pem,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    source = StaticFileSource(
+        tmp_path / "svid.pem",
+        tmp_path / "svid.key",
+        {TD: tmp_path / "pdp.pem", PARTNER_TD: tmp_path / "partner.pem"},
+    )
+    with source:
+        yield source
+
+
+@dataclass
+class RecordingSink:
+    """Keeps every event; ``fail`` makes it report failure, ``error`` makes it raise."""
+
+    decisions: list[DecisionEvent] = field(default_factory=list)
+    refusals: list[RefusalEvent] = field(default_factory=list)
+    timeouts: list[float | None] = field(default_factory=list)
+    fail: bool = False
+    error: Exception | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record_decisions(
+        self, events: Sequence[DecisionEvent], timeout: float | None
+    ) -> Sequence[bool]:
+        if self.error is not None:
+            raise self.error
+        with self.lock:
+            self.decisions.extend(events)
+            self.timeouts.append(timeout)
+        return [not self.fail] * len(events)
+
+    def record_refusal(self, event: RefusalEvent) -> None:
+        with self.lock:
+            self.refusals.append(event)
+
+
+def service_config(**changes: Any) -> ServiceConfig:
+    base = ServiceConfig(
+        listen="127.0.0.1:0",
+        policies=POLICIES,
+        callers=CALLERS,
+        rate_limit=RateLimit(decisions_per_second=100_000, burst=100_000),
+        server=ServerOptions(threads=8, shutdown_grace_s=2),
+    )
+    return base.replace(**changes)
+
+
+ServerFactory = Callable[..., DecisionServer]
+
+
+@pytest.fixture
+def make_server(
+    engine: Engine, identity: StaticFileSource
+) -> Iterator[Callable[..., DecisionServer]]:
+    servers: list[DecisionServer] = []
+
+    def make(*, sink: Any = None, engine_: Any = None, **changes: Any) -> DecisionServer:
+        server = DecisionServer(
+            service_config(**changes), engine_ or engine, identity, sink=sink
+        ).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(0)
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory, sink: RecordingSink) -> DecisionServer:
+    return make_server(sink=sink)
+
+
+class Client:
+    """An mTLS client of one server. ``svid=None`` connects without a client certificate."""
+
+    def __init__(
+        self, address: str, svid: IssuedCert | None, roots: bytes, *, cert_pem: bytes = b""
+    ) -> None:
+        if svid is None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=roots,
+                private_key=svid.key_pem,
+                certificate_chain=cert_pem or svid.chain_pem,
+            )
+        self.channel = grpc.secure_channel(address, credentials)
+        self._check = self.channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+        self._batch = self.channel.unary_unary(
+            CHECK_BATCH_METHOD,
+            request_serializer=pb.CheckBatchRequest.SerializeToString,
+            response_deserializer=pb.CheckBatchResponse.FromString,
+        )
+        self._raw_check = self.channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=bytes,  # already encoded (or deliberately broken)
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+
+    def check(self, request: dict[str, Any] | pb.CheckRequest, **kwargs: Any) -> pb.CheckResponse:
+        message = request if isinstance(request, pb.CheckRequest) else to_message(request)
+        kwargs.setdefault("timeout", TIMEOUT)
+        response: pb.CheckResponse = self._check(message, **kwargs)
+        return response
+
+    def check_batch(
+        self, requests: Sequence[dict[str, Any]], **kwargs: Any
+    ) -> pb.CheckBatchResponse:
+        message = pb.CheckBatchRequest(requests=[to_message(r) for r in requests])
+        kwargs.setdefault("timeout", TIMEOUT)
+        response: pb.CheckBatchResponse = self._batch(message, **kwargs)
+        return response
+
+    def check_raw(self, data: bytes) -> pb.CheckResponse:
+        response: pb.CheckResponse = self._raw_check(data, timeout=TIMEOUT)
+        return response
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+ClientFactory = Callable[..., Client]
+
+
+@pytest.fixture
+def connect(pki: Pki) -> Iterator[ClientFactory]:
+    clients: list[Client] = []
+
+    def make(
+        server: DecisionServer,
+        svid: IssuedCert | None = None,
+        *,
+        anonymous: bool = False,
+        roots: bytes | None = None,
+        cert_pem: bytes = b"",
+    ) -> Client:
+        client = Client(
+            server.address,
+            None if anonymous else (svid or pki.gateway),
+            roots or pki.ca.bundle_pem,
+            cert_pem=cert_pem,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """Runs ``call`` and returns the RpcError it must raise."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
