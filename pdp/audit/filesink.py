@@ -354,15 +354,23 @@ class FileSink:
         self._lines_since_checkpoint = 0
         self._last_checkpoint_at = self._clock()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, force: bool = False) -> None:
         """Writes a signed checkpoint now (durably) if any line is not yet covered."""
-        if self._fd is None or self._lines_since_checkpoint == 0:
+        if self._fd is None or (self._lines_since_checkpoint == 0 and not force):
             return
         line, digest = self._checkpoint_line(self._seq + 1, self._head)
         self._write(line, durable=True)
         self._seq, self._head = self._seq + 1, digest
         self._checkpoint_done()
         self.committed = LogPosition(self._name, self._offset)
+
+    def probe(self) -> None:
+        """Proves the log is writable again after a failure: opens a file if none is
+        open, else appends a checkpoint, durably. Raises ``OSError`` if it still fails."""
+        if self._fd is None:
+            self._open_file()
+        else:
+            self.checkpoint(force=True)
 
     def sync(self) -> None:
         """Makes everything written so far durable (async mode calls this periodically)."""

@@ -331,12 +331,16 @@ class AuditPipeline:
         config = self.config
         durable = config.mode is DeliveryMode.SYNC
         last_tick = last_sync = time.monotonic()
+        probe_delay = config.retry_initial_s
+        next_probe = last_tick + probe_delay
         while True:
             with self._cond:
                 if not self._items and not self._closing:
                     next_due = min(
                         last_tick + config.tick_s, last_sync + config.async_flush_interval_s
                     )
+                    if self._failing:
+                        next_due = min(next_due, next_probe)
                     self._cond.wait(max(0.0, next_due - time.monotonic()))
                 count = min(len(self._items), config.max_batch)
                 batch = [self._items.popleft() for _ in range(count)]
@@ -352,6 +356,15 @@ class AuditPipeline:
             if now - last_tick >= config.tick_s:
                 last_tick = now
                 self._duty(self.sink.tick)
+            if self._failing and not batch and now >= next_probe and not closing:
+                # Nothing to write, but a health check must see the log recover.
+                probe_delay = min(probe_delay * 2, config.retry_max_s)
+                next_probe = now + probe_delay
+                if self._duty(self.sink.probe):
+                    log.warning("audit log writable again")
+                    self._failing = False
+            elif not self._failing:
+                probe_delay, next_probe = config.retry_initial_s, now + config.retry_initial_s
             if closing and not batch:
                 with self._cond:
                     if self._items:
@@ -362,13 +375,14 @@ class AuditPipeline:
                     self._note_error(f"closing the audit log: {exc}")
                 return
 
-    def _duty(self, action: Callable[[], None]) -> None:
+    def _duty(self, action: Callable[[], None]) -> bool:
         try:
             action()
         except OSError as exc:
-            self._note_error(str(exc))
-            return
+            self._note_error(f"{type(exc).__name__}: {exc}")
+            return False
         self._after_commit()
+        return True
 
     def _note_error(self, error: str) -> None:
         if not self._failing or error != self._last_error:

@@ -187,9 +187,10 @@ def test_log_dir_path_taken_by_a_file_then_freed(tmp_path: Path) -> None:
     decision = pipeline.guard(ALLOW, pipeline.submit(make_record()))
     assert decision.reasons[0].policy == REASON_AUDIT_UNAVAILABLE
     log_dir.unlink()
+    # No traffic needed: the writer probes, so a health check sees the recovery.
+    assert wait_until(lambda: pipeline.healthy)
     ok = pipeline.submit(make_record())
     assert ok.wait(5), ok.error
-    assert pipeline.healthy
     assert pipeline.close()
     assert record_ids(log_dir) == [ok.decision_id]
     assert pipeline.stats().failed == 2
@@ -262,6 +263,7 @@ def test_disk_full_in_sync_mode_fails_closed_then_recovers(tmp_path: Path) -> No
         decision = pipeline.guard(ALLOW, pipeline.submit(make_record({"blob": "y" * 2000})))
         assert decision.reasons[0].policy == REASON_AUDIT_UNAVAILABLE
         (mnt / "filler").unlink()
+        assert wait_until(lambda: pipeline.healthy)
         later = [pipeline.submit(make_record()) for _ in range(10)]
         assert all(t.wait(5) for t in later), [t.error for t in later]
         assert pipeline.healthy
