@@ -33,6 +33,7 @@ from pdp.audit.record import (
     build_refusal_record,
 )
 from pdp.audit.redact import REDACTED, RedactionConfig, Redactor
+from pdp.audit.service_sink import AuditDecisionSink
 from pdp.audit.verify import CrashPoint, VerifyProblem, VerifyReport, verify_files
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "REDACTED",
     "Audit",
     "AuditConfig",
+    "AuditDecisionSink",
     "AuditListener",
     "AuditPipeline",
     "AuditStats",

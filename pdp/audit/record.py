@@ -8,6 +8,7 @@ See ``RECORD.md`` beside this file for the field table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +65,24 @@ def _request_json(request: Request, redactor: Redactor) -> tuple[dict[str, Any],
     return out, paths
 
 
+def _raw_request_json(
+    data: Mapping[str, Any], redactor: Redactor
+) -> tuple[dict[str, Any], list[str]]:
+    """A request that failed to parse, as received (bounded by the service), redacted."""
+    rest = {k: v for k, v in data.items() if k != "arguments"}
+    out, masked = redactor.value(rest, "request")
+    paths = list(masked)
+    arguments = data.get("arguments")
+    if isinstance(arguments, Mapping):
+        server, tool = str(data.get("server", "")), str(data.get("tool", ""))
+        out["arguments"], argument_paths = redactor.arguments(server, tool, arguments)
+        paths.extend(f"request.{p}" for p in argument_paths)
+    elif arguments is not None:
+        out["arguments"], argument_paths = redactor.value(arguments, "request.arguments")
+        paths.extend(argument_paths)
+    return out, paths
+
+
 def _decision_json(
     decision: Decision, redactor: Redactor, prefix: str = ""
 ) -> tuple[dict[str, Any], list[str]]:
@@ -85,7 +104,7 @@ def _decision_json(
 
 def build_decision_record(
     decision_id: str,
-    request: Request,
+    request: Request | Mapping[str, Any],
     decision: Decision,
     caller: Caller,
     latency_us: int,
@@ -94,13 +113,19 @@ def build_decision_record(
     shadow: Decision | None = None,
     *,
     time: datetime | None = None,
+    method: str = "",
 ) -> dict[str, Any]:
-    """The record of one evaluated request. ``time`` defaults to now (UTC).
+    """The record of one decided request. ``time`` defaults to now (UTC).
 
-    ``shadow`` is the decision of a policy set evaluated alongside without being
-    enforced (dry run); it is recorded so a rollout can be judged from the log.
+    ``request`` is the parsed :class:`Request`, or the data as received when it could
+    not be parsed (the decision is then an ``invalid_request`` deny, and replay meets
+    the same parse error). ``shadow`` is the decision of a policy set evaluated
+    alongside without being enforced (dry run), so a rollout can be judged from the log.
     """
-    request_json, masked = _request_json(request, redactor)
+    if isinstance(request, Request):
+        request_json, masked = _request_json(request, redactor)
+    else:
+        request_json, masked = _raw_request_json(request, redactor)
     decision_json, decision_masked = _decision_json(decision, redactor)
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
@@ -116,6 +141,8 @@ def build_decision_record(
         "caller": _caller_json(caller),
         "request": request_json,
     }
+    if method:
+        record["method"] = method
     masked.extend(decision_masked)
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")
