@@ -364,6 +364,11 @@ class FileSink:
         self._checkpoint_done()
         self.committed = LogPosition(self._name, self._offset)
 
+    def open(self) -> None:
+        """Recovers the chain head and starts a new file, unless one is open."""
+        if self._fd is None:
+            self._open_file()
+
     def probe(self) -> None:
         """Proves the log is writable again after a failure: opens a file if none is
         open, else appends a checkpoint, durably. Raises ``OSError`` if it still fails."""

@@ -12,6 +12,9 @@ JetStream discards inside the stream's ``duplicate_window`` (configurable, defau
 minutes; the ack then says ``duplicate``). An outage longer than the window can store a
 record twice, so consumers should also de-duplicate on ``decision_id``.
 
+Lines are read only up to what the writer has committed (never a batch that a failed
+write could still take back); in async mode that can be before the line is fsynced.
+
 Every line of the chain is shipped, so a consumer can verify hashes and checkpoint
 signatures from the stream alone; record consumers filter on ``kind``.
 """

@@ -175,8 +175,11 @@ class AuditPipeline:
         self._listeners_dropped = 0
         self._lost_at_close = 0
         self._commit_hooks: list[Callable[[LogPosition], None]] = []
+        self._started = threading.Event()
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
+        # Open the log now, so a bad log dir shows in `healthy` before the first request.
+        self._started.wait(5.0)
 
     # -- public API ----------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class AuditPipeline:
             self._fail(items, "audit writer crashed")
             raise
         finally:
+            self._started.set()
             self._resolve_flushes()
 
     def _loop(self) -> None:
@@ -333,6 +337,8 @@ class AuditPipeline:
         last_tick = last_sync = time.monotonic()
         probe_delay = config.retry_initial_s
         next_probe = last_tick + probe_delay
+        self._duty(self.sink.open)
+        self._started.set()
         while True:
             with self._cond:
                 if not self._items and not self._closing:

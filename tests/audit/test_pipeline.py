@@ -102,6 +102,8 @@ def test_second_pipeline_on_the_same_dir_is_refused(tmp_path: Path) -> None:
     with open_pipeline(tmp_path) as first:
         assert first.submit(make_record()).wait(5)
         second = open_pipeline(tmp_path)
+        assert not second.healthy
+        assert "locked by another audit pipeline" in second.last_error
         ticket = second.submit(make_record())
         assert not ticket.wait(5)
         assert "locked by another audit pipeline" in ticket.error
@@ -180,6 +182,7 @@ def test_log_dir_path_taken_by_a_file_then_freed(tmp_path: Path) -> None:
     log_dir = tmp_path / "audit"
     log_dir.write_text("a file where the log dir should be")
     pipeline = open_pipeline(log_dir)
+    assert not pipeline.healthy  # known at start, before any request
     ticket = pipeline.submit(make_record())
     assert not ticket.wait(5)
     assert "FileExistsError" in ticket.error or "NotADirectory" in ticket.error
