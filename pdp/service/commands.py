@@ -110,7 +110,10 @@ def serve(options: ServeOptions) -> int:
     except (IdentityError, ValueError, OSError) as exc:
         return _error(f"cannot load the server identity: {exc}")
     with identity:
-        server = DecisionServer(config, engine, identity)
+        try:
+            server = DecisionServer(config, engine, identity)
+        except ConfigError as exc:
+            return _error(str(exc))
         try:
             server.start()
         except RuntimeError as exc:

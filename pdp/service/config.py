@@ -206,6 +206,11 @@ class _Section:
             raise ConfigError(f"{self._name(key)}: must be {_kind_names(kinds)}")
         return value
 
+    def raw(self, key: str) -> Any:
+        """The value as parsed, for a caller that checks it itself."""
+        self._read.add(key)
+        return self.data.get(key)
+
     def section(self, key: str) -> _Section:
         self._read.add(key)
         return _Section(self.data.get(key), self._name(key))
@@ -217,7 +222,13 @@ class _Section:
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -301,8 +312,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     listen = root.get("listen", str, defaults.listen)
     policies = base / root.get("policies", str, str(defaults.policies))
     identity = _identity(root.section("identity"), base)
-    root.get("callers", list, None)
-    callers = _callers(root.data.get("callers"))
+    callers = _callers(root.raw("callers"))
 
     limits_section = root.section("limits")
     request_section = limits_section.section("request")

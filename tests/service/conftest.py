@@ -9,7 +9,11 @@ policies decide about agents in ``acme.test`` and ``partner.test``.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -273,3 +277,81 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# --- `pdp serve` as a child process -----------------------------------------------
+
+
+class ServeProcess:
+    """``pdp serve`` in a subprocess; reads its start-up lines to learn the address."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        state_dir: Path | None = None,
+        cwd: Path = REPO,
+        ready_timeout: float = 60,
+    ) -> None:
+        self.state_dir = state_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pdp.cli", "serve", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._lines_changed = threading.Condition()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, args=(self.process.stdout, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process.stderr, False), daemon=True).start()
+        line = self.wait_for_line("try: ", ready_timeout)
+        self.try_command = line.removeprefix("pdp: try: ")
+        listening = self.wait_for_line("listening on ", 1)
+        self.address = listening.split("listening on ", 1)[1].split(" ", 1)[0]
+        self.port = int(self.address.rpartition(":")[2])
+
+    def _read(self, stream: Any, is_stdout: bool) -> None:
+        for line in stream:
+            if is_stdout:
+                with self._lines_changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._lines_changed.notify_all()
+            else:
+                self.stderr.append(line)
+
+    def wait_for_line(self, fragment: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        with self._lines_changed:
+            while True:
+                for line in self.lines:
+                    if fragment in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    raise AssertionError(
+                        f"pdp serve did not print {fragment!r}; stdout={self.lines}"
+                        f" stderr={''.join(self.stderr)[-2000:]}"
+                    )
+                self._lines_changed.wait(min(left, 0.1))
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def dev_server(tmp_path: Path) -> Iterator[ServeProcess]:
+    state = tmp_path / "state"
+    served = ServeProcess(
+        ["--dev", "--state-dir", str(state), "--listen", "127.0.0.1:0"], state_dir=state
+    )
+    yield served
+    served.kill()
