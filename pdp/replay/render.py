@@ -1,0 +1,256 @@
+"""Plain-text rendering of replay reports: aligned tables for a terminal or a CI log.
+
+Rendering works from the JSON form of a report, so ``--json`` and the table always say
+the same thing. Plain ASCII, no colour, no widths taken from the terminal: the same
+report renders to the same bytes everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_MAX_ROWS = 20
+_CHANGE_TITLES = {
+    "narrowed": "narrowed (allow -> deny)",
+    "widened": "widened (deny -> allow)",
+    "reasons_changed": "reasons changed (same decision, other determining policies)",
+}
+_BREAKDOWN_COLUMNS = (
+    ("records", "RECORDS"),
+    ("unchanged", "UNCHANGED"),
+    ("narrowed", "NARROWED"),
+    ("widened", "WIDENED"),
+    ("reasons_changed", "REASONS"),
+    ("redacted", "REDACTED"),
+)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(headers))
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.rjust(width) if is_number else cell.ljust(width)
+            for cell, width, is_number in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append((indent + "  ".join(parts)).rstrip())
+    return "\n".join(lines)
+
+
+def _limited(rows: list[Any], max_rows: int) -> tuple[list[Any], str]:
+    if len(rows) <= max_rows:
+        return rows, ""
+    return rows[:max_rows], f"  ... and {len(rows) - max_rows} more rows (see --json)"
+
+
+def _breakdown(title: str, label: str, rows: list[dict[str, Any]], max_rows: int) -> list[str]:
+    if not rows:
+        return []
+    shown, more = _limited(rows, max_rows)
+    body = table(
+        [label, *(header for _, header in _BREAKDOWN_COLUMNS)],
+        [[row["key"], *(row[key] for key, _ in _BREAKDOWN_COLUMNS)] for row in shown],
+    )
+    return ["", title, body, *([more] if more else [])]
+
+
+def _reasons(decision: dict[str, Any]) -> str:
+    reasons = decision.get("reasons", [])
+    text = "; ".join(
+        f"{r['policy']}: {r['message']}" if r.get("message") else r["policy"] for r in reasons
+    )
+    errors = decision.get("errors")
+    if errors:
+        text += f" [errors: {'; '.join(errors)}]"
+    return text or "(no reasons)"
+
+
+def _example(example: dict[str, Any], new_label: str) -> list[str]:
+    flag = "  (arguments redacted)" if example.get("arguments_redacted") else ""
+    recorded, new = example["recorded"], example[new_label]
+    width = max(len("recorded"), len(new_label)) + 1
+    return [
+        f"  {example['decision_id']}  {example.get('time') or '?'}  {example['agent']}"
+        f"  {example['tool']}{flag}",
+        f"    {'recorded:'.ljust(width)} {recorded['decision'].ljust(5)}  {_reasons(recorded)}",
+        f"    {(new_label + ':').ljust(width)} {new['decision'].ljust(5)}  {_reasons(new)}",
+        f"    at {example['at']}",
+    ]
+
+
+def _skipped_line(report: dict[str, Any]) -> str:
+    skipped = report["skipped"]
+    return (
+        f"refusals {skipped['refusals']}, service denials {skipped['service_denials']},"
+        f" chain lines {skipped['chain_lines']}, duplicates {skipped['duplicates']}"
+    )
+
+
+def _unreadable(report: dict[str, Any]) -> list[str]:
+    unreadable = report["unreadable"]
+    if not unreadable["lines"]:
+        return []
+    lines = ["", f"Unreadable lines: {unreadable['lines']}"]
+    lines += [f"  {item['at']}: {item['error']}" for item in unreadable["examples"]]
+    return lines
+
+
+def render_replay(report: dict[str, Any], *, max_rows: int = DEFAULT_MAX_ROWS) -> str:
+    totals = report["totals"]
+    candidate = report.get("candidate", {})
+    new_label = "candidate"
+    lines = [f"pdp replay: {' '.join(report.get('sources', []))}"]
+    if "policies" in candidate:
+        lines.append(
+            f"candidate: policies {candidate['policies']} (version {candidate.get('version')})"
+        )
+    elif "target" in candidate:
+        lines.append(f"candidate: the pdp serving at {candidate['target']}")
+    lines += [
+        "",
+        table(
+            ["TOTALS", ""],
+            [
+                ["records replayed", totals["records"]],
+                ["unchanged", totals["unchanged"]],
+                ["narrowed (allow -> deny)", totals["narrowed"]],
+                ["widened (deny -> allow)", totals["widened"]],
+                ["reasons changed", totals["reasons_changed"]],
+                ["arguments redacted", totals["arguments_redacted"]],
+                ["  of them changed", totals["redacted_changed"]],
+                ["re-decisions with evaluation errors", totals["candidate_errors"]],
+                ["failed to re-decide", totals["failed"]],
+                ["unreadable lines", report["unreadable"]["lines"]],
+            ],
+        ),
+        f"  not replayed: {_skipped_line(report)}",
+    ]
+    if totals["redacted_changed"]:
+        lines += [
+            "  note: records with redacted arguments were re-decided with the masked values;",
+            "  their changes may come from the masking, not from the policies",
+        ]
+    versions = report.get("recorded_versions", [])
+    if versions:
+        lines.append(
+            "  recorded policy versions: "
+            + ", ".join(f"{v['version']} ({v['records']})" for v in versions[:max_rows])
+            + (" ..." if len(versions) > max_rows else "")
+        )
+    lines += _breakdown("By agent", "AGENT", report["by_agent"], max_rows)
+    lines += _breakdown("By tool", "TOOL", report["by_tool"], max_rows)
+    lines += _breakdown(
+        "By determining policy, recorded", "POLICY", report["by_recorded_policy"], max_rows
+    )
+    lines += _breakdown(
+        f"By determining policy, {new_label}", "POLICY", report["by_candidate_policy"], max_rows
+    )
+    transitions = report["transitions"]
+    if transitions:
+        shown, more = _limited(transitions, max_rows)
+        lines += [
+            "",
+            f"Changes by determining policy (recorded -> {new_label})",
+            table(
+                ["CHANGE", "RECORDS", "RECORDED", new_label.upper()],
+                [[t["change"], t["records"], t["recorded"], t["candidate"]] for t in shown],
+            ),
+            *([more] if more else []),
+        ]
+    for change, examples in report["examples"].items():
+        if examples:
+            lines += ["", f"Examples: {_CHANGE_TITLES.get(change, change)}"]
+            for example in examples:
+                lines += _example(example, "candidate")
+    failed = report.get("failed", [])
+    if failed:
+        lines += ["", "Failed to re-decide"]
+        lines += [f"  {f['decision_id']}  {f['error']}  at {f['at']}" for f in failed]
+    lines += _unreadable(report)
+    performance = report.get("performance")
+    if performance:
+        lines += ["", render_performance(performance)]
+    return "\n".join(lines) + "\n"
+
+
+def render_performance(performance: dict[str, Any]) -> str:
+    latency = performance["latency_ms"]
+    rows: list[list[object]] = [
+        ["requests sent", performance["sent"]],
+        ["answered", performance["answered"]],
+        ["failed", performance["failed"]],
+        ["duration (s)", f"{performance['duration_s']:.2f}"],
+        ["target rate (req/s)", f"{performance['target_rate']:g}"],
+        ["throughput (req/s)", f"{performance['throughput']:.1f}"],
+    ]
+    rows += [[f"latency {name} (ms)", f"{latency[name]:.2f}"] for name in ("p50", "p90", "p99")]
+    rows.append(["latency max (ms)", f"{latency['max']:.2f}"])
+    text = table(["PERFORMANCE", ""], rows)
+    codes = performance.get("errors", {})
+    if codes:
+        text += "\n  errors: " + ", ".join(f"{code} {count}" for code, count in codes.items())
+    return text
+
+
+def render_verify(report: dict[str, Any], *, max_rows: int = DEFAULT_MAX_ROWS) -> str:
+    totals = report["totals"]
+    lines = [
+        f"pdp replay --verify: {' '.join(report.get('sources', []))}",
+        "",
+        table(
+            ["TOTALS", ""],
+            [
+                ["records", totals["records"]],
+                ["verified", totals["verified"]],
+                ["matched", totals["matched"]],
+                ["MISMATCHED", totals["mismatched"]],
+                ["mismatched, arguments redacted", totals["mismatched_redacted"]],
+                ["version not at hand", totals["version_missing"]],
+                ["shadow decisions verified", totals["shadow_verified"]],
+                ["shadow MISMATCHED", totals["shadow_mismatched"]],
+                ["shadow mismatched, arguments redacted", totals["shadow_mismatched_redacted"]],
+                ["shadow version not at hand", totals["shadow_version_missing"]],
+                ["unreadable lines", report["unreadable"]["lines"]],
+            ],
+        ),
+        f"  not verified: {_skipped_line(report)}",
+    ]
+    versions = report["versions"]
+    if versions:
+        shown, more = _limited(versions, max_rows)
+        lines += [
+            "",
+            "By recorded policy version",
+            table(
+                ["VERSION", "RECORDS", "MATCHED", "MISMATCHED", "MISSING", "FOUND IN"],
+                [
+                    [
+                        v["version"],
+                        v["records"],
+                        v["matched"],
+                        v["mismatched"],
+                        v["missing"],
+                        v["found_in"] or v.get("problem") or "not at hand",
+                    ]
+                    for v in shown
+                ],
+            ),
+            *([more] if more else []),
+        ]
+    mismatches = report["mismatches"]
+    if mismatches:
+        lines += ["", "Mismatches (recorded decision differs from the re-decision)"]
+        for mismatch in mismatches:
+            label = "redecided" if mismatch["which"] == "decision" else "shadow redecided"
+            entry = {**mismatch, label: mismatch["redecided"]}
+            lines += _example(entry, label)
+        if report["mismatches_not_listed"]:
+            lines.append(f"  ... and {report['mismatches_not_listed']} more not listed")
+    lines += _unreadable(report)
+    return "\n".join(lines) + "\n"
