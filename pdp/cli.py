@@ -180,6 +180,7 @@ def cmd_call(args: argparse.Namespace) -> int:
             cert=args.cert,
             key=args.key,
             bundle=args.bundle,
+            workload_api=args.workload_api,
             server_id=args.server_id,
             server_name=args.server_name,
             timeout=args.timeout,
@@ -258,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", metavar="FILE", help="client SVID certificate chain (PEM)")
     p.add_argument("--key", metavar="FILE", help="client SVID private key (PEM)")
     p.add_argument("--bundle", metavar="FILE", help="trust bundle of the server's trust domain")
+    p.add_argument(
+        "--workload-api",
+        nargs="?",
+        const="",
+        metavar="SOCKET",
+        help="take the client SVID from the SPIFFE Workload API (default: $SPIFFE_ENDPOINT_SOCKET)",
+    )
     p.add_argument("--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have")
     p.add_argument(
         "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"

@@ -169,6 +169,7 @@ class CallOptions:
     cert: str | None = None
     key: str | None = None
     bundle: str | None = None
+    workload_api: str | None = None  # "" reads $SPIFFE_ENDPOINT_SOCKET
     server_id: str | None = None
     server_name: str | None = None
     timeout: float = 10.0
@@ -188,8 +189,7 @@ def call(data: Any, options: CallOptions) -> int:
     if not sep or not host or not port_text.isdigit():
         return _error(f"--target {options.target!r} must be HOST:PORT")
     try:
-        cert_file, key_file, bundle_file, server_id = _client_identity(options)
-        cert, key, bundle = (Path(f).read_bytes() for f in (cert_file, key_file, bundle_file))
+        cert, key, bundle, server_id = _client_identity(options)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     try:
@@ -226,30 +226,70 @@ def call(data: Any, options: CallOptions) -> int:
     return EXIT_OK if response.decision == pb.DECISION_ALLOW else EXIT_DENY
 
 
-def _client_identity(options: CallOptions) -> tuple[str, str, str, str]:
-    """(cert, key, bundle, expected server ID) from --dev or the explicit options."""
+def _client_identity(options: CallOptions) -> tuple[bytes, bytes, bytes, str]:
+    """(SVID chain, key, server trust domain bundle, expected server ID), all PEM, from
+    --dev, --workload-api or --cert/--key/--bundle."""
+    chosen = [
+        name
+        for name, given in (
+            ("--dev", options.dev),
+            ("--workload-api", options.workload_api is not None),
+            ("--cert/--key/--bundle", bool(options.cert or options.key or options.bundle)),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise ValueError(f"use only one of {' or '.join(chosen)}")
     if options.dev:
-        if options.cert or options.key or options.bundle:
-            raise ValueError("use either --dev or --cert/--key/--bundle")
         state = DevState(Path(options.state_dir or DEFAULT_STATE_DIR), DEV_TRUST_DOMAIN)
         if not state.gateway_cert_file.exists():
             raise ValueError(
                 f"no dev credentials in {state.state_dir}: start `pdp serve --dev` first"
             )
         return (
-            str(state.gateway_cert_file),
-            str(state.gateway_key_file),
-            str(state.bundle_file),
+            state.gateway_cert_file.read_bytes(),
+            state.gateway_key_file.read_bytes(),
+            state.bundle_file.read_bytes(),
             options.server_id or state.server_id,
         )
-    given = {
-        "--cert": options.cert,
-        "--key": options.key,
-        "--bundle": options.bundle,
-        "--server-id": options.server_id,
-    }
+    if not options.server_id:
+        raise ValueError("--server-id required (or --dev for the dev CA)")
+    if options.workload_api is not None:
+        return (*_from_workload_api(options.workload_api, options.server_id), options.server_id)
+    given = {"--cert": options.cert, "--key": options.key, "--bundle": options.bundle}
     missing = [name for name, value in given.items() if not value]
     if missing:
-        raise ValueError(f"{', '.join(missing)} required (or --dev for the dev CA)")
-    assert options.cert and options.key and options.bundle and options.server_id
-    return options.cert, options.key, options.bundle, options.server_id
+        raise ValueError(f"{', '.join(missing)} required (or --dev, or --workload-api)")
+    assert options.cert and options.key and options.bundle
+    return (
+        Path(options.cert).read_bytes(),
+        Path(options.key).read_bytes(),
+        Path(options.bundle).read_bytes(),
+        options.server_id,
+    )
+
+
+def _from_workload_api(socket: str, server_id: str) -> tuple[bytes, bytes, bytes]:
+    """The caller's SVID from the Workload API, and the bundle of the server's trust
+    domain only (so that no other trust domain's CA can vouch for the server)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pdp.identity.sources import IdentityError, WorkloadApiSource
+    from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
+
+    try:
+        trust_domain = parse_spiffe_id(server_id, require_path=True).trust_domain
+    except InvalidSpiffeId as exc:
+        raise ValueError(f"--server-id: {exc}") from None
+    try:
+        with WorkloadApiSource(socket or None) as source:
+            snapshot = source.current()
+    except IdentityError as exc:
+        raise ValueError(str(exc)) from None
+    roots = snapshot.bundles.for_trust_domain(trust_domain)
+    if not roots:
+        raise ValueError(
+            f"the Workload API gave no bundle for the server's trust domain {trust_domain}"
+        )
+    bundle = b"".join(root.public_bytes(Encoding.PEM) for root in roots)
+    return snapshot.cert_chain_pem, snapshot.private_key_pem, bundle

@@ -9,9 +9,11 @@ policies decide about agents in ``acme.test`` and ``partner.test``.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,7 @@ from pdp.service import (
     ServiceConfig,
 )
 from pdp.service.servicer import CHECK_BATCH_METHOD, CHECK_METHOD
+from tests.identity.workload_api import WorkloadApiServer
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"
@@ -355,3 +358,42 @@ def dev_server(tmp_path: Path) -> Iterator[ServeProcess]:
     )
     yield served
     served.kill()
+
+
+# --- a SPIFFE Workload API ------------------------------------------------------
+
+
+class _LoopbackCA(DevCA):
+    """Issues SVIDs that also name 127.0.0.1: grpc's Python client insists on matching
+    the target host against an IP or DNS SAN, and cannot be told to check the SPIFFE ID."""
+
+    def issue_svid(self, spiffe_id: str, **kwargs: Any) -> IssuedCert:
+        kwargs.setdefault("ip_addresses", ("127.0.0.1",))
+        return super().issue_svid(spiffe_id, **kwargs)
+
+
+class LoopbackAgent(WorkloadApiServer):
+    """The identity helpers' Workload API server, with loopback-addressable SVIDs."""
+
+    @property  # type: ignore[override]
+    def ca(self) -> DevCA:
+        return self._loopback_ca
+
+    @ca.setter
+    def ca(self, value: DevCA) -> None:
+        self._loopback_ca = _LoopbackCA(value.trust_domain, value.key, value.path)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="pdp-svc-wl-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(socket_dir: Path) -> Iterator[LoopbackAgent]:
+    """A Workload API serving the pdp server's SVID (trust domain pdp.test)."""
+    with LoopbackAgent(socket_dir / "agent.sock", SERVER_ID) as server:
+        yield server

@@ -12,9 +12,23 @@ from pathlib import Path
 import grpc
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.engine import Engine
+from pdp.identity.sources import StaticFileSource
+from pdp.service import DecisionServer
 from pdp.service.servicer import CHECK_BATCH_METHOD
 
-from .conftest import REPO, REQUESTS, ServeProcess, example_request, to_message
+from .conftest import (
+    GATEWAY_ID,
+    REPO,
+    REQUESTS,
+    SERVER_ID,
+    TD,
+    LoopbackAgent,
+    ServeProcess,
+    example_request,
+    service_config,
+    to_message,
+)
 
 
 def pdp_call(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +90,39 @@ def test_pdp_call_errors_exit_2(dev_server: ServeProcess, tmp_path: Path) -> Non
     bad = pdp_call(str(not_a_request), "--dev", "--state-dir", state)
     assert bad.returncode == 2 and "not a pdp.v1.CheckRequest" in bad.stderr
     explicit = pdp_call(request, "--cert", "x.pem")
-    assert explicit.returncode == 2 and "--key, --bundle, --server-id required" in explicit.stderr
+    assert explicit.returncode == 2 and "--server-id required" in explicit.stderr
+    explicit = pdp_call(request, "--cert", "x.pem", "--server-id", "spiffe://a.test/pdp")
+    assert explicit.returncode == 2 and "--key, --bundle required" in explicit.stderr
+    both = pdp_call(request, "--dev", "--cert", "x.pem")
+    assert both.returncode == 2 and "use only one of" in both.stderr
+
+
+def test_pdp_call_with_an_svid_from_the_workload_api(
+    socket_dir: Path, engine: Engine, tmp_path: Path
+) -> None:
+    """The gateway's SVID and the server's bundle come from a Workload API."""
+    with LoopbackAgent(socket_dir / "agent.sock", GATEWAY_ID) as agent:
+        server_svid = agent.ca.issue_svid(SERVER_ID)
+        (tmp_path / "svid.pem").write_bytes(server_svid.chain_pem)
+        (tmp_path / "svid.key").write_bytes(server_svid.key_pem)
+        (tmp_path / "bundle.pem").write_bytes(agent.ca.bundle_pem)
+        identity = StaticFileSource(
+            tmp_path / "svid.pem", tmp_path / "svid.key", {TD: tmp_path / "bundle.pem"}
+        )
+        with identity, DecisionServer(service_config(), engine, identity) as server:
+            request = str(REQUESTS / "support-get-ticket.json")
+            called = pdp_call(
+                request, "--workload-api", agent.address, "--server-id", SERVER_ID,
+                "--target", server.address,
+            )  # fmt: skip
+            assert called.returncode == 0, called.stderr
+            assert json.loads(called.stdout)["decision"] == "allow"
+            other_td = pdp_call(
+                request, "--workload-api", agent.address, "--server-id",
+                "spiffe://elsewhere.test/pdp", "--target", server.address,
+            )  # fmt: skip
+            assert other_td.returncode == 2
+            assert "no bundle for the server's trust domain elsewhere.test" in other_td.stderr
 
 
 def test_sigterm_drains_in_flight_calls_and_exits_0(dev_server: ServeProcess) -> None:

@@ -9,58 +9,31 @@ connection it already has (security-tests.md section 6.5, cases 47 and 50).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from pdp.engine import Engine
-from pdp.identity.devca import DevCA, IssuedCert
+from pdp.identity.devca import IssuedCert
 from pdp.identity.sources import WorkloadApiSource
 from pdp.service import DecisionServer
-from tests.identity.workload_api import WorkloadApiServer
 
-from .conftest import GATEWAY_ID, SERVER_ID, TD, Client, example_request, service_config
+from .conftest import (
+    GATEWAY_ID,
+    SERVER_ID,
+    TD,
+    Client,
+    LoopbackAgent,
+    example_request,
+    service_config,
+)
 
 WAIT = 15.0
-
-
-class _LoopbackCA(DevCA):
-    """Issues SVIDs that also name 127.0.0.1: grpc's Python client insists on matching
-    the target host against an IP or DNS SAN, and cannot be told to check the SPIFFE ID."""
-
-    def issue_svid(self, spiffe_id: str, **kwargs: Any) -> IssuedCert:
-        kwargs.setdefault("ip_addresses", ("127.0.0.1",))
-        return super().issue_svid(spiffe_id, **kwargs)
-
-
-class LoopbackAgent(WorkloadApiServer):
-    """The identity helpers' Workload API server, with loopback-addressable SVIDs."""
-
-    @property  # type: ignore[override]
-    def ca(self) -> DevCA:
-        return self._loopback_ca
-
-    @ca.setter
-    def ca(self, value: DevCA) -> None:
-        self._loopback_ca = _LoopbackCA(value.trust_domain, value.key, value.path)
-
-
-@pytest.fixture
-def agent() -> Iterator[LoopbackAgent]:
-    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-    directory = Path(tempfile.mkdtemp(prefix="pdp-svc-wl-"))
-    with LoopbackAgent(directory / "agent.sock", SERVER_ID) as server:
-        yield server
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 PEER_SERIAL = r"""
