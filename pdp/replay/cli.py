@@ -167,6 +167,13 @@ def add_replay_parser(subparsers: Any) -> None:
     load.add_argument("--cert", metavar="FILE", help="client SVID certificate chain (PEM)")
     load.add_argument("--key", metavar="FILE", help="client SVID private key (PEM)")
     load.add_argument("--bundle", metavar="FILE", help="trust bundle of the server's trust domain")
+    load.add_argument(
+        "--workload-api",
+        nargs="?",
+        const="",
+        metavar="SOCKET",
+        help="take the client SVID from the SPIFFE Workload API (default: $SPIFFE_ENDPOINT_SOCKET)",
+    )
     load.add_argument("--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have")
     load.add_argument(
         "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"
@@ -215,7 +222,7 @@ def _replay(args: argparse.Namespace, sources: list[Source]) -> int:
     )
     header = {
         "mode": "replay",
-        "sources": list(args.sources),
+        "sources": [source.label for source in sources],
         "candidate": {"policies": directories[0], "version": engine.version},
     }
     report = tally.to_json(header)
@@ -240,7 +247,7 @@ def _verify(args: argparse.Namespace, sources: list[Source]) -> int:
     )
     header = {
         "mode": "verify",
-        "sources": list(args.sources),
+        "sources": [source.label for source in sources],
         "policies": [
             {"version": version, "directory": origin}
             for version, origin in versions.given_versions.items()
@@ -264,6 +271,7 @@ def _target(args: argparse.Namespace, sources: list[Source]) -> int:
         cert=args.cert,
         key=args.key,
         bundle=args.bundle,
+        workload_api=args.workload_api,
         server_id=args.server_id,
         server_name=args.server_name,
         timeout=args.timeout,
@@ -275,10 +283,12 @@ def _target(args: argparse.Namespace, sources: list[Source]) -> int:
     except TargetError as exc:
         raise ReplayUsageError(str(exc)) from None
     with sender:
-        tally = replay(sources, sender.decide, examples=args.examples, progress=None)
+        tally = replay(
+            sources, sender.decide, examples=args.examples, progress=_progress(args, sources)
+        )
     header = {
         "mode": "target",
-        "sources": list(args.sources),
+        "sources": [source.label for source in sources],
         "candidate": {"target": args.target},
     }
     report = tally.to_json(header)

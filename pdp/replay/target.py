@@ -1,0 +1,279 @@
+"""``pdp replay --target``: send recorded requests to a running pdp and time the answers.
+
+Each recorded request is sent as a ``Check`` call over mTLS, with the identity options
+of ``pdp call`` (``--dev``, ``--workload-api`` or ``--cert/--key/--bundle``), at ``--rate``
+requests per second with at most ``--concurrency`` in flight. The answer is compared
+with the recorded decision like any re-decision, so the same report (and
+``--fail-on``) applies, plus throughput and latency percentiles.
+
+Latency is the round trip of one call, measured in the client (connection set-up
+excluded: the channel is connected and the server's SPIFFE ID checked before the
+first request). When the server cannot keep up, the achieved throughput falls below the
+target rate rather than calls queueing in the client.
+
+Two things differ from the recorded calls: the server sets ``gateway`` to *this*
+client's SPIFFE ID (policies on ``context.gateway`` may answer otherwise, and the
+caller must be bound to the recorded agents), and the server writes audit records for
+these calls like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from pdp.model import Decision, Effect, Reason
+from pdp.replay.records import RecordedDecision
+from pdp.replay.redecide import Failed, Outcome
+
+
+class TargetError(Exception):
+    """The target cannot be used (bad address, identity files, server identity)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    target: str
+    rate: float
+    concurrency: int = 8
+    dev: bool = False
+    state_dir: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    bundle: str | None = None
+    workload_api: str | None = None  # "" reads $SPIFFE_ENDPOINT_SOCKET
+    server_id: str | None = None
+    server_name: str | None = None
+    timeout: float = 10.0
+
+
+class LatencyHistogram:
+    """Latencies in log-spaced buckets (2% wide): bounded memory, percentiles within 2%."""
+
+    _BASE = math.log(1.02)
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.max_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        micros = max(seconds * 1e6, 1.0)
+        index = int(math.log(micros) / self._BASE)
+        self.buckets[index] = self.buckets.get(index, 0) + 1
+        self.count += 1
+        self.max_s = max(self.max_s, seconds)
+
+    def percentile(self, fraction: float) -> float:
+        """The latency (seconds) below which ``fraction`` of the calls fall (upper bound)."""
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return min(math.exp((index + 1) * self._BASE) / 1e6, self.max_s)
+        return self.max_s
+
+
+@dataclass
+class SendStats:
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def performance_json(stats: SendStats, options: TargetOptions) -> dict[str, Any]:
+    duration = max(stats.finished - stats.started, 0.0)
+    latency = stats.latency
+    return {
+        "sent": stats.sent,
+        "answered": stats.answered,
+        "failed": stats.failed,
+        "errors": dict(sorted(stats.errors.items())),
+        "duration_s": round(duration, 3),
+        "target_rate": options.rate,
+        "concurrency": options.concurrency,
+        "throughput": round(stats.sent / duration, 1) if duration > 0 else 0.0,
+        "latency_ms": {
+            "p50": round(latency.percentile(0.50) * 1000, 3),
+            "p90": round(latency.percentile(0.90) * 1000, 3),
+            "p99": round(latency.percentile(0.99) * 1000, 3),
+            "max": round(latency.max_s * 1000, 3),
+        },
+        "served_versions": [
+            {"version": version, "records": count}
+            for version, count in sorted(stats.versions.items())
+        ],
+    }
+
+
+def _client_files(options: TargetOptions) -> tuple[bytes, bytes, bytes, str]:
+    """(cert chain, key, bundle, expected server ID), exactly as ``pdp call`` finds them."""
+    from pdp.service.commands import CallOptions, _client_identity
+
+    call_options = CallOptions(
+        target=options.target,
+        dev=options.dev,
+        state_dir=options.state_dir,
+        cert=options.cert,
+        key=options.key,
+        bundle=options.bundle,
+        workload_api=options.workload_api,
+        server_id=options.server_id,
+        server_name=options.server_name,
+        timeout=options.timeout,
+    )
+    try:
+        return _client_identity(call_options)
+    except (OSError, ValueError) as exc:
+        raise TargetError(str(exc)) from None
+
+
+class GrpcSender:
+    """Sends recorded requests to one pdp; ``decide`` is a replay decider."""
+
+    def __init__(self, options: TargetOptions) -> None:
+        import grpc
+
+        from pdp._proto.pdp.v1 import decision_pb2 as pb
+        from pdp.service.servicer import CHECK_METHOD
+        from pdp.service.tls import (
+            ServerIdentityError,
+            channel_credentials,
+            check_server_spiffe_id,
+        )
+
+        host, sep, port = options.target.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise TargetError(f"--target {options.target!r} must be HOST:PORT")
+        cert, key, bundle, server_id = _client_files(options)
+        try:
+            check_server_spiffe_id(
+                host.strip("[]"),
+                int(port),
+                expected_id=server_id,
+                bundle_pem=bundle,
+                cert_chain_pem=cert,
+                key_pem=key,
+                timeout=options.timeout,
+            )
+        except ServerIdentityError as exc:
+            raise TargetError(str(exc)) from None
+        channel_options = []
+        if options.server_name:
+            channel_options.append(("grpc.ssl_target_name_override", options.server_name))
+        self.options = options
+        self.stats = SendStats()
+        self._channel = grpc.secure_channel(
+            options.target, channel_credentials(bundle, cert, key), options=channel_options
+        )
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=options.timeout)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise TargetError(f"cannot connect to {options.target} over mTLS") from None
+        self._check = self._channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="pdp-replay")
+        self._slots = threading.BoundedSemaphore(options.concurrency)
+        self._lock = threading.Lock()
+        self._next_at = 0.0
+
+    def send(self, record: RecordedDecision) -> Outcome:
+        """One recorded request as one Check call: the decision, or why there is none."""
+        import grpc
+        from google.protobuf import json_format
+
+        from pdp._proto.pdp.v1 import decision_pb2 as pb
+        from pdp.service.convert import response_json
+
+        try:
+            message = json_format.ParseDict(dict(record.request), pb.CheckRequest())
+        except json_format.ParseError as exc:
+            return self._failed("invalid_request", f"not a pdp.v1.CheckRequest: {exc}")
+        started = time.perf_counter()
+        try:
+            response = self._check(message, timeout=self.options.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            return self._failed(code, f"{code}: {exc.details()}")
+        elapsed = time.perf_counter() - started
+        answer = response_json(response)
+        decision = Decision(
+            Effect(answer["decision"]),
+            tuple(Reason(r["policy"], r["message"]) for r in answer["reasons"]),
+            answer["policy_version"],
+            tuple(answer["errors"]),
+        )
+        with self._lock:
+            self.stats.answered += 1
+            self.stats.latency.add(elapsed)
+            version = decision.policy_version
+            self.stats.versions[version] = self.stats.versions.get(version, 0) + 1
+        return decision
+
+    def _failed(self, code: str, error: str) -> Failed:
+        with self._lock:
+            self.stats.failed += 1
+            self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        return Failed(error)
+
+    def _send_and_release(self, record: RecordedDecision) -> Outcome:
+        try:
+            return self.send(record)
+        finally:
+            self._slots.release()
+
+    def decide(self, records: Sequence[RecordedDecision]) -> list[Outcome]:
+        """Sends ``records`` paced at the rate; answers in order."""
+        interval = 1.0 / self.options.rate
+        futures: list[Future[Outcome]] = []
+        for record in records:
+            now = time.monotonic()
+            if not self.stats.started:
+                self.stats.started, self._next_at = now, now
+            if self._next_at > now:
+                time.sleep(self._next_at - now)
+            # Never schedule into the past: a stall must not turn into a burst.
+            self._next_at = max(self._next_at, time.monotonic() - interval) + interval
+            self._slots.acquire()
+            self.stats.sent += 1
+            futures.append(self._pool.submit(self._send_and_release, record))
+        outcomes = [future.result() for future in futures]
+        self.stats.finished = time.monotonic()
+        return outcomes
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._channel.close()
+
+    def __enter__(self) -> GrpcSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_sender(options: TargetOptions) -> GrpcSender:
+    return GrpcSender(options)
