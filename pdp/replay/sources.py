@@ -31,7 +31,7 @@ from pdp.replay.records import ReadLine, RecordedDecision, Unreadable, read_reco
 MAX_LINE_BYTES = 16 * 1024 * 1024
 # Decision ids remembered to drop a record stored twice (a JetStream publish repeated
 # after its duplicate window); the repeats the shipper can cause lie close together.
-DEDUP_WINDOW = 65536
+DEDUP_WINDOW = 16384
 
 
 class SourceError(Exception):
