@@ -54,6 +54,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -157,7 +164,7 @@ def add_replay_parser(subparsers: Any) -> None:
     )
     load.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_at_least_one,
         default=DEFAULT_CONCURRENCY,
         metavar="N",
         help=f"requests in flight at most (default: {DEFAULT_CONCURRENCY})",
@@ -276,7 +283,7 @@ def _target(args: argparse.Namespace, sources: list[Source]) -> int:
         server_name=args.server_name,
         timeout=args.timeout,
         rate=args.rate,
-        concurrency=max(1, args.concurrency),
+        concurrency=args.concurrency,
     )
     try:
         sender = open_sender(options)
