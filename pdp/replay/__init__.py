@@ -7,7 +7,7 @@ Public API::
     report = tally.to_json({"mode": "replay"})       # deterministic, sorted
     tally.changes(FailOn.WIDENED)                      # what `--fail-on widened` counts
 
-    tally = verify(open_sources(["audit-logs/"]), PolicyVersions(["policies/"], archive))
+    tally = verify_records(open_sources(["audit-logs/"]), PolicyVersions(["policies/"], archive))
     archive_policies(compiled, ".pdp-state/policy-versions")   # on every policy load
 
 The command line is :mod:`pdp.replay.cli` (``add_replay_parser``, ``run_replay``).
@@ -22,7 +22,7 @@ from pdp.replay.archive import (
 from pdp.replay.records import RecordedDecision, Unreadable, read_record
 from pdp.replay.redecide import Failed, redecide
 from pdp.replay.report import Change, FailOn, ReplayTally, classify
-from pdp.replay.run import replay, replay_with_engine, verify
+from pdp.replay.run import replay, replay_with_engine, verify_records
 from pdp.replay.sources import Source, SourceError, log_files, open_sources
 from pdp.replay.verify import PolicyVersions, VerifyTally
 
@@ -48,5 +48,5 @@ __all__ = [
     "redecide",
     "replay",
     "replay_with_engine",
-    "verify",
+    "verify_records",
 ]

@@ -30,7 +30,7 @@ from pdp.replay.archive import DEFAULT_ARCHIVE
 from pdp.replay.progress import Progress
 from pdp.replay.render import DEFAULT_MAX_ROWS, render_replay, render_verify
 from pdp.replay.report import DEFAULT_EXAMPLES, FailOn, ReplayTally
-from pdp.replay.run import replay, replay_with_engine, verify
+from pdp.replay.run import replay, replay_with_engine, verify_records
 from pdp.replay.sources import Source, SourceError, open_sources
 from pdp.replay.verify import DEFAULT_MAX_LISTED, PolicyVersions
 
@@ -245,7 +245,7 @@ def _verify(args: argparse.Namespace, sources: list[Source]) -> int:
         versions = PolicyVersions(directories, Path(args.archive) if args.archive else None)
     except PolicyLoadError as exc:
         raise ReplayUsageError(f"a --policies directory is invalid: {exc}") from None
-    tally = verify(
+    tally = verify_records(
         sources,
         versions,
         examples=args.examples,

@@ -20,7 +20,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pdp.audit.record import KIND_DECISION, KIND_REFUSAL, RECORD_VERSION
+from pdp.audit.record import (
+    KIND_DECISION,
+    KIND_REFUSAL,
+    REASON_AUDIT_UNAVAILABLE,
+    RECORD_VERSION,
+)
 from pdp.model import (
     REASON_INTERNAL_ERROR,
     Decision,
@@ -32,8 +37,9 @@ from pdp.model import (
 )
 
 # Service-level denies: the policies never saw these requests, so a different policy
-# set cannot change them. (Named here, not imported, to keep replay off pdp.service.)
-SERVICE_REASONS = frozenset({"caller_not_bound", "audit_unavailable", REASON_INTERNAL_ERROR})
+# set cannot change them. ("caller_not_bound" is pdp.service.servicer's; spelled out here
+# so that reading logs does not import the gRPC service.)
+SERVICE_REASONS = frozenset({"caller_not_bound", REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR})
 CHAIN_KINDS = frozenset({"segment", "checkpoint"})
 
 

@@ -43,6 +43,7 @@ class Change(StrEnum):
 
 CHANGES: tuple[Change, ...] = (Change.NARROWED, Change.WIDENED, Change.REASONS_CHANGED)
 COLUMNS: tuple[str, ...] = ("records", *(c.value for c in Change), "redacted")
+_COLUMN_OF = {change: 1 + index for index, change in enumerate(Change)}
 
 
 class FailOn(StrEnum):
@@ -104,7 +105,7 @@ class Breakdown:
             if row is None:
                 row = self.rows[key] = [0] * len(COLUMNS)
         row[0] += 1
-        row[1 + list(Change).index(change)] += 1
+        row[_COLUMN_OF[change]] += 1
         row[-1] += redacted
 
     def to_json(self) -> list[dict[str, Any]]:

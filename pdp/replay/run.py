@@ -62,7 +62,7 @@ def replay_with_engine(
     return replay(sources, engine_decider(engine), examples=examples, progress=progress)
 
 
-def verify(
+def verify_records(
     sources: Sequence[Source],
     versions: PolicyVersions,
     *,

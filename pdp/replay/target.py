@@ -276,4 +276,8 @@ class GrpcSender:
 
 
 def open_sender(options: TargetOptions) -> GrpcSender:
-    return GrpcSender(options)
+    """Connects to the target and checks its SPIFFE ID; raises :class:`TargetError`."""
+    try:
+        return GrpcSender(options)
+    except (OSError, ValueError) as exc:  # e.g. unreadable or malformed PEM files
+        raise TargetError(f"cannot set up mTLS to {options.target}: {exc}") from None

@@ -50,6 +50,7 @@ class PolicyVersions:
             compiled = load_policies(directory)  # PolicyLoadError: the caller reports it
             self._given.setdefault(compiled.version, (Engine(compiled), str(directory)))
         self._archived: OrderedDict[str, Engine] = OrderedDict()
+        self._found: dict[str, str] = {}  # every archived version used, even if evicted
         self._absent: set[str] = set()
         # Why an archived copy could not be used, by version.
         self.problems: dict[str, str] = {}
@@ -61,9 +62,7 @@ class PolicyVersions:
     def origin(self, version: str) -> str | None:
         if version in self._given:
             return self._given[version][1]
-        if version in self._archived and self.archive is not None:
-            return str(self.archive / version)
-        return None
+        return self._found.get(version)
 
     def engine(self, version: str) -> Engine | None:
         if version in self._given:
@@ -78,6 +77,7 @@ class PolicyVersions:
             self._absent.add(version)
             return None
         self._archived[version] = engine
+        self._found[version] = str(self.archive / version)  # as given, not resolved
         if len(self._archived) > ARCHIVE_CACHE:
             self._archived.popitem(last=False)
         return engine

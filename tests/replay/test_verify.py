@@ -292,3 +292,46 @@ def test_redacted_and_shadow_records(
         ("shadow", False),
     ]
     shutil.rmtree(log)
+
+
+def test_many_archived_versions(
+    capsys: pytest.CaptureFixture[str],
+    shared_log: Path,
+    tmp_path: Path,
+    candidate: CandidateFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pdp.replay.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "ARCHIVE_CACHE", 1)  # evict at every switch
+    widened = make_widening(candidate("widened"))
+    engine = Engine(load_policies(widened))
+    records = []
+    for index, template in enumerate(TEMPLATES[:4]):
+        at = BASE_TIME + timedelta(days=1, minutes=index)
+        request = parse_request(request_data(template, at), now=at)
+        records.append(
+            build_decision_record(
+                decision_id(1000 + index, at),
+                request,
+                engine.decide(request),
+                CALLER,
+                10,
+                INSTANCE,
+                REDACTOR,
+                time=at,
+            )
+        )
+    other_log = tmp_path / "other"
+    write_log(records, other_log)
+    archive = tmp_path / "archive"
+    archive_policies(POLICIES, archive)
+    archive_policies(widened, archive)
+    args = ["--strict", "--archive", str(archive), str(shared_log), str(other_log), str(shared_log)]
+    code, report = verify(capsys, *args)
+    assert code == 0
+    assert report["totals"]["matched"] == DECISIONS + 4
+    assert report["skipped"]["duplicates"] == DECISIONS
+    assert sorted((v["found_in"], v["records"]) for v in report["versions"]) == sorted(
+        [(str(archive / BASE_VERSION), DECISIONS), (str(archive / engine.version), 4)]
+    )
