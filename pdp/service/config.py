@@ -18,7 +18,7 @@ Example (every key optional except what the identity source needs)::
       max_batch: 256
       request: {max_arguments_bytes: 65536, max_depth: 16}
     rate_limit: {decisions_per_second: 2000, burst: 4000}
-    server: {threads: 16, max_concurrent_rpcs: 256, max_connection_age_s: 300}
+    server: {threads: 8, max_concurrent_rpcs: 256, max_connection_age_s: 300}
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    threads: int = 16
+    # Decisions are CPU-bound under the GIL: more threads mostly add contention (bench/
+    # service.py: 2-4 threads beat 16). Blocking audit waits are what need more of them.
+    threads: int = 8
     max_concurrent_rpcs: int = 256  # beyond this grpc answers RESOURCE_EXHAUSTED
     max_concurrent_streams: int = 100  # per HTTP/2 connection
     # Connections are re-handshaken at this age so that rotated or removed bundles and
