@@ -375,7 +375,7 @@ class _LoopbackCA(DevCA):
 class LoopbackAgent(WorkloadApiServer):
     """The identity helpers' Workload API server, with loopback-addressable SVIDs."""
 
-    @property  # type: ignore[override]
+    @property
     def ca(self) -> DevCA:
         return self._loopback_ca
 
@@ -395,5 +395,6 @@ def socket_dir() -> Iterator[Path]:
 @pytest.fixture
 def agent(socket_dir: Path) -> Iterator[LoopbackAgent]:
     """A Workload API serving the pdp server's SVID (trust domain pdp.test)."""
-    with LoopbackAgent(socket_dir / "agent.sock", SERVER_ID) as server:
+    server = LoopbackAgent(socket_dir / "agent.sock", SERVER_ID)
+    with server:
         yield server
