@@ -19,6 +19,7 @@ import cedarpy
 
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.policytest import SuiteError, discover, run_suites
+from pdp.replay.cli import add_replay_parser
 
 EXIT_OK, EXIT_DENY, EXIT_USAGE = 0, 1, 2
 DEFAULT_POLICIES = os.environ.get("PDP_POLICIES", "policies")
@@ -163,8 +164,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             listen=args.listen,
             policies=args.policies,
+            audit_dir=args.audit_dir,
+            audit_mode=args.audit_mode,
+            audit_off=args.no_audit,
+            nats=args.nats,
+            shadow_policies=args.shadow_policies,
+            watch=not args.no_watch,
         )
     )
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from pdp.audit.verify import main as verify_main
+
+    return verify_main(args.rest)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -249,7 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
     p.add_argument("--listen", metavar="HOST:PORT", help="default: 127.0.0.1:8443")
     p.add_argument("--policies", "-p", metavar="DIR", help="policy directory (default: policies)")
+    p.add_argument("--audit-dir", metavar="DIR", help="audit log (default: STATE_DIR/audit)")
+    p.add_argument(
+        "--audit-mode",
+        choices=["sync", "async"],
+        default="async",
+        help="sync: answer only once the record is on disk (default: async)",
+    )
+    p.add_argument("--no-audit", action="store_true", help="no audit log (benchmarks only)")
+    p.add_argument("--nats", metavar="URL", help="also ship the audit log to NATS JetStream")
+    p.add_argument(
+        "--shadow-policies",
+        metavar="DIR",
+        help="decide every request with these policies too, recorded, not enforced",
+    )
+    p.add_argument("--no-watch", action="store_true", help="reload policies on SIGHUP only")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("audit", help="audit log tools")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    q = audit_sub.add_parser(
+        "verify", help="check the hash chain and signed checkpoints", add_help=False
+    )
+    q.add_argument("rest", nargs=argparse.REMAINDER)
+    q.set_defaults(handler=cmd_audit_verify)
+
+    add_replay_parser(sub)
 
     p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
     p.add_argument("request", metavar="REQUEST.json")
@@ -277,8 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:2] == ["audit", "verify"]:  # its own parser owns every option, --help included
+        from pdp.audit.verify import main as verify_main
+
+        return verify_main(arguments[2:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)

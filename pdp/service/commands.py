@@ -49,6 +49,31 @@ class ServeOptions:
     state_dir: str | None = None
     listen: str | None = None
     policies: str | None = None
+    audit_dir: str | None = None  # default: <state dir>/audit
+    audit_mode: str = "async"
+    audit_off: bool = False
+    nats: str | None = None
+    shadow_policies: str | None = None
+    watch: bool = True
+
+
+def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
+    """The audit stream for `serve` (None when switched off): file log, optional NATS."""
+    from pdp.audit.config import AuditConfig, open_audit
+    from pdp.audit.filesink import FileSinkConfig
+    from pdp.audit.nats_shipper import NatsShipperConfig
+    from pdp.audit.pipeline import DeliveryMode, PipelineConfig
+
+    if options.audit_off:
+        return None
+    log_dir = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
+    return open_audit(
+        AuditConfig(
+            file=FileSinkConfig(log_dir=log_dir),
+            pipeline=PipelineConfig(mode=DeliveryMode(options.audit_mode)),
+            nats=NatsShipperConfig(servers=(options.nats,)) if options.nats else None,
+        )
+    )
 
 
 def agent_trust_domains(inventory_entities: Sequence[dict[str, Any]]) -> list[str]:
@@ -62,8 +87,12 @@ def agent_trust_domains(inventory_entities: Sequence[dict[str, Any]]) -> list[st
 
 
 def serve(options: ServeOptions) -> int:
-    from pdp.engine import Engine, PolicyLoadError, load_policies
+    import signal
+    import threading
+
+    from pdp.engine.runtime import PolicyRuntime, ReloadEvent, ReloadRejected
     from pdp.identity.sources import IdentityError
+    from pdp.replay.archive import ArchiveError, archive_policies
     from pdp.service.server import DecisionServer, open_identity, serve_until_signalled
 
     logging.basicConfig(
@@ -85,13 +114,30 @@ def serve(options: ServeOptions) -> int:
     except ConfigError as exc:
         return _error(str(exc))
 
+    state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
+    archive_root = state_dir / "policy-versions"
+
+    def on_reload(event: ReloadEvent) -> None:
+        if event.ok and event.role == "active":
+            try:
+                archive_policies(runtime.engine.compiled, archive_root)
+            except ArchiveError as exc:
+                logging.getLogger("pdp.policies").warning("policy archive: %s", exc)
+
     try:
-        compiled = load_policies(config.policies)
-    except PolicyLoadError as exc:
-        for diagnostic in exc.diagnostics:
-            print(f"{str(config.policies).rstrip('/')}/{diagnostic}", file=sys.stderr)
-        return _error(f"policies in {config.policies} are invalid")
-    engine = Engine(compiled, config.limits.request)
+        runtime = PolicyRuntime(
+            config.policies,
+            limits=config.limits.request,
+            shadow_directory=options.shadow_policies,
+        )
+    except ReloadRejected as exc:
+        return _error(f"policies in {config.policies} are not usable: {exc.detail}")
+    runtime.add_listener(on_reload)
+    try:
+        archive_policies(runtime.engine.compiled, archive_root)
+    except ArchiveError as exc:
+        logging.getLogger("pdp.policies").warning("policy archive: %s", exc)
+    compiled = runtime.engine.compiled
 
     dev_note = ""
     if options.dev:
@@ -109,9 +155,27 @@ def serve(options: ServeOptions) -> int:
         identity = open_identity(config.identity)
     except (IdentityError, ValueError, OSError) as exc:
         return _error(f"cannot load the server identity: {exc}")
+    try:
+        audit = _open_audit(options, state_dir)
+    except Exception as exc:  # a broken audit setup must stop the start, loudly
+        return _error(f"cannot open the audit log: {exc}")
+    if audit is not None:
+        from pdp.audit.service_sink import AuditDecisionSink
+
+        sink: Any = AuditDecisionSink(audit)
+    else:
+        from pdp.service.sink import NullSink
+
+        sink = NullSink()
+    if options.watch:
+        runtime.watch()
+    # SIGHUP reloads; off the signal handler, which must return at once.
+    signal.signal(
+        signal.SIGHUP, lambda *_: threading.Thread(target=runtime.reload, daemon=True).start()
+    )
     with identity:
         try:
-            server = DecisionServer(config, engine, identity)
+            server = DecisionServer(config, runtime, identity, sink=sink)
         except ConfigError as exc:
             return _error(str(exc))
         try:
@@ -120,19 +184,34 @@ def serve(options: ServeOptions) -> int:
             return _error(f"cannot listen on {config.listen}: {exc}")
         for line in _startup_lines(server, options, dev_note):
             print(f"pdp: {line}", flush=True)
+        if audit is not None:
+            print(
+                f"pdp: audit log {audit.config.file.log_dir} ({options.audit_mode})"
+                + (f", shipped to NATS {options.nats}" if options.nats else ""),
+                flush=True,
+            )
+        else:
+            print("pdp: WARNING: audit is off (--no-audit)", flush=True)
+        print(
+            "pdp: policies reload on change and on SIGHUP; rejected sets keep the old version",
+            flush=True,
+        )
 
         def on_signal(signum: int) -> None:
             grace = config.server.shutdown_grace_s
             print(f"pdp: signal {signum}: draining (up to {grace:g} s)", flush=True)
 
         code = serve_until_signalled(server, on_signal=on_signal)
+        runtime.close()
+        if audit is not None:
+            audit.close(10.0)
         print("pdp: stopped", flush=True)
         return code
 
 
 def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str) -> list[str]:
     config = server.config
-    engine = server.engine
+    engine = getattr(server.engine, "engine", server.engine)  # a PolicyRuntime holds one
     lines = [
         f"listening on {server.address} (mutual TLS; TLS 1.3, or TLS 1.2 with ECDHE-AEAD)",
         f"server SPIFFE ID {server.spiffe_id}",
