@@ -76,6 +76,7 @@ class AuditDecisionSink:
                     event.latency_us,
                     audit.instance_id,
                     audit.redactor,
+                    getattr(event, "shadow", None),
                     method=event.method,
                 )
             )

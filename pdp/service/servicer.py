@@ -84,6 +84,20 @@ class DecisionCore:
     def engine(self) -> Engine:
         return self.engines.engine
 
+    def _shadow(self, requests: Sequence[Request | None]) -> list[Decision | None]:
+        """The shadow set's decisions (for the audit record only); a failure there is
+        logged and never touches the answer."""
+        shadow: Engine | None = getattr(self.engines, "shadow", None)
+        if shadow is None:
+            return [None] * len(requests)
+        parsed = [r for r in requests if r is not None]
+        try:
+            answers = iter(shadow.decide_batch(parsed))
+            return [next(answers) if r is not None else None for r in requests]
+        except Exception:
+            log.exception("shadow evaluation failed")
+            return [None] * len(requests)
+
     def decide(
         self,
         messages: Sequence[pb.CheckRequest | bytes],
@@ -104,6 +118,7 @@ class DecisionCore:
             log.exception("internal error deciding %d request(s) for %s", len(ids), grant.caller)
             decisions = [_internal_error(engine.version)] * len(messages)
         latency_us = (time.perf_counter_ns() - started_ns) // 1000
+        shadows = self._shadow(requests)
         events = [
             DecisionEvent(
                 decision_id=ids[i],
@@ -113,6 +128,7 @@ class DecisionCore:
                 request=requests[i],
                 decision=decisions[i],
                 latency_us=latency_us,
+                shadow=shadows[i],
             )
             for i in range(len(messages))
         ]

@@ -44,6 +44,7 @@ class DecisionEvent:
     request: Request | None
     decision: Decision
     latency_us: int  # from receiving the call to having the decision, before recording
+    shadow: Decision | None = None  # the shadow policy set's answer, recorded, never enforced
 
 
 class RefusalCode(StrEnum):

@@ -1,0 +1,106 @@
+"""`pdp serve` end to end: audit records (with shadow decisions), reload, drain, verify."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import EXAMPLE_POLICIES, REPO
+
+PDP = str(Path(sys.executable).parent / "pdp")
+REQUEST = EXAMPLE_POLICIES / "examples" / "requests" / "support-get-ticket.json"
+SHADOW_DENY = (
+    '@id("shadow.no_reads")\n@reason("reads closed in the candidate")\n'
+    'forbid (principal, action in Action::"read", resource);\n'
+)
+
+
+def copy_policies(target: Path) -> Path:
+    shutil.copytree(EXAMPLE_POLICIES, target, ignore=shutil.ignore_patterns("floor"))
+    (target / "floor").symlink_to(REPO / "pdp" / "floor")
+    return target
+
+
+def call(state: Path, address: str) -> dict[str, object]:
+    result = subprocess.run(
+        [PDP, "call", str(REQUEST), "--dev", "--state-dir", str(state), "--target", address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def test_serve_audits_shadow_decisions_and_reloads(tmp_path: Path) -> None:
+    active = copy_policies(tmp_path / "active")
+    candidate = copy_policies(tmp_path / "candidate")
+    (candidate / "examples" / "shadow.cedar").write_text(SHADOW_DENY)
+    state = tmp_path / "state"
+    server = subprocess.Popen(
+        [
+            PDP,
+            "serve",
+            "--dev",
+            "--state-dir",
+            str(state),
+            "--policies",
+            str(active),
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-mode",
+            "sync",
+            "--shadow-policies",
+            str(candidate),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        address = ""
+        assert server.stdout is not None
+        deadline = time.monotonic() + 60
+        while not address and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                address = match.group(1)
+        assert address, "pdp serve did not start"
+        first = call(state, address)
+        assert first["decision"] == "allow"
+
+        # A broken policy file never replaces the good set (SIGHUP reload).
+        (active / "examples" / "broken.cedar").write_text("permit (principal,")
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        second = call(state, address)
+        assert second["decision"] == "allow"
+        assert second["policy_version"] == first["policy_version"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert "REJECTED, still serving the old version" in output
+
+    logs = sorted((state / "audit").glob("audit-*.jsonl"))
+    records = [json.loads(line) for path in logs for line in path.read_text().splitlines()]
+    decisions = [r for r in records if r.get("kind") == "decision"]
+    assert [r["decision_id"] for r in decisions] == [first["decision_id"], second["decision_id"]]
+    for record in decisions:
+        assert record["decision"] == "allow"
+        assert record["shadow"]["decision"] == "deny"
+        assert record["shadow"]["reasons"][0]["policy"] == "shadow.no_reads"
+        assert record["caller"]["spiffe_id"] == "spiffe://pdp.dev/gateway/dev"
+    verify = subprocess.run(
+        [PDP, "audit", "verify", str(state / "audit")], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert (state / "policy-versions" / str(first["policy_version"])).is_dir()
