@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import cedarpy
 
+from pdp.client_options import add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.policytest import SuiteError, discover, run_suites
 from pdp.replay.cli import add_replay_parser
@@ -292,22 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
     p.add_argument("request", metavar="REQUEST.json")
     p.add_argument("--target", default="127.0.0.1:8443", metavar="HOST:PORT")
-    p.add_argument("--dev", action="store_true", help="use the dev gateway SVID and dev CA")
-    p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
-    p.add_argument("--cert", metavar="FILE", help="client SVID certificate chain (PEM)")
-    p.add_argument("--key", metavar="FILE", help="client SVID private key (PEM)")
-    p.add_argument("--bundle", metavar="FILE", help="trust bundle of the server's trust domain")
-    p.add_argument(
-        "--workload-api",
-        nargs="?",
-        const="",
-        metavar="SOCKET",
-        help="take the client SVID from the SPIFFE Workload API (default: $SPIFFE_ENDPOINT_SOCKET)",
-    )
-    p.add_argument("--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have")
-    p.add_argument(
-        "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"
-    )
+    add_client_identity_options(p)
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     p.set_defaults(handler=cmd_call)
 

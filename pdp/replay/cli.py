@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pdp.client_options import add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.replay.archive import DEFAULT_ARCHIVE
 from pdp.replay.progress import Progress
@@ -169,22 +170,7 @@ def add_replay_parser(subparsers: Any) -> None:
         metavar="N",
         help=f"requests in flight at most (default: {DEFAULT_CONCURRENCY})",
     )
-    load.add_argument("--dev", action="store_true", help="use the dev gateway SVID and dev CA")
-    load.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
-    load.add_argument("--cert", metavar="FILE", help="client SVID certificate chain (PEM)")
-    load.add_argument("--key", metavar="FILE", help="client SVID private key (PEM)")
-    load.add_argument("--bundle", metavar="FILE", help="trust bundle of the server's trust domain")
-    load.add_argument(
-        "--workload-api",
-        nargs="?",
-        const="",
-        metavar="SOCKET",
-        help="take the client SVID from the SPIFFE Workload API (default: $SPIFFE_ENDPOINT_SOCKET)",
-    )
-    load.add_argument("--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have")
-    load.add_argument(
-        "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"
-    )
+    add_client_identity_options(load)
     load.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS")
     p.set_defaults(handler=run_replay)
 

@@ -122,7 +122,7 @@ def performance_json(stats: SendStats, options: TargetOptions) -> dict[str, Any]
 
 def _client_files(options: TargetOptions) -> tuple[bytes, bytes, bytes, str]:
     """(cert chain, key, bundle, expected server ID), exactly as ``pdp call`` finds them."""
-    from pdp.service.commands import CallOptions, _client_identity
+    from pdp.service.commands import CallOptions, client_identity
 
     call_options = CallOptions(
         target=options.target,
@@ -137,7 +137,7 @@ def _client_files(options: TargetOptions) -> tuple[bytes, bytes, bytes, str]:
         timeout=options.timeout,
     )
     try:
-        return _client_identity(call_options)
+        return client_identity(call_options)
     except (OSError, ValueError) as exc:
         raise TargetError(str(exc)) from None
 

@@ -268,7 +268,7 @@ def call(data: Any, options: CallOptions) -> int:
     if not sep or not host or not port_text.isdigit():
         return _error(f"--target {options.target!r} must be HOST:PORT")
     try:
-        cert, key, bundle, server_id = _client_identity(options)
+        cert, key, bundle, server_id = client_identity(options)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     try:
@@ -305,7 +305,7 @@ def call(data: Any, options: CallOptions) -> int:
     return EXIT_OK if response.decision == pb.DECISION_ALLOW else EXIT_DENY
 
 
-def _client_identity(options: CallOptions) -> tuple[bytes, bytes, bytes, str]:
+def client_identity(options: CallOptions) -> tuple[bytes, bytes, bytes, str]:
     """(SVID chain, key, server trust domain bundle, expected server ID), all PEM, from
     --dev, --workload-api or --cert/--key/--bundle."""
     chosen = [
