@@ -1,17 +1,20 @@
 """``pdp replay``: re-decide recorded decisions and report what would change.
 
-Three modes, one report shape:
+Four modes, one report shape:
 
 * ``pdp replay --policies CANDIDATE SOURCE...`` decides every recorded request again
   with the candidate policies (recorded time, caller and intent) and counts what
   narrows, widens or changes reasons. ``--fail-on`` gates a CI job on it.
+* ``pdp replay --shadow SOURCE...`` decides nothing: it compares each record's
+  decision with the shadow decision recorded beside it (``pdp serve
+  --shadow-policies``) and reports and gates like a candidate replay.
 * ``pdp replay --verify SOURCE...`` decides every record with the policy version it
   names (from ``--policies DIR``, repeatable, and ``--archive DIR``) and lists every
   record whose recorded decision differs.
 * ``pdp replay --target HOST:PORT --rate N SOURCE...`` sends the recorded requests to
   a running pdp over mTLS and reports throughput, latency and mismatches.
 
-Exit status: 0 ok; 1 when ``--fail-on`` matches (replay, --target) or a record fails
+Exit status: 0 ok; 1 when ``--fail-on`` matches (replay, --shadow, --target) or a record fails
 verification (--verify); 2 for a usage error or a source, policy directory or server
 that cannot be read at all. Lines that cannot be read are counted, not fatal.
 """
@@ -31,7 +34,7 @@ from pdp.replay.archive import DEFAULT_ARCHIVE
 from pdp.replay.progress import Progress
 from pdp.replay.render import DEFAULT_MAX_ROWS, render_replay, render_verify
 from pdp.replay.report import DEFAULT_EXAMPLES, FailOn, ReplayTally
-from pdp.replay.run import replay, replay_with_engine, verify_records
+from pdp.replay.run import compare_shadow, replay, replay_with_engine, verify_records
 from pdp.replay.sources import Source, SourceError, open_sources
 from pdp.replay.verify import DEFAULT_MAX_LISTED, PolicyVersions
 
@@ -78,7 +81,8 @@ def add_replay_parser(subparsers: Any) -> None:
         "replay",
         help="re-decide recorded decisions (audit logs or NATS) and report what changes",
         description="Decide recorded requests again: with candidate policies (default), with"
-        " the policy version each record names (--verify), or by a running pdp (--target).",
+        " the policy version each record names (--verify), or by a running pdp (--target);"
+        " or compare recorded decisions with their recorded live shadow decisions (--shadow).",
         epilog="exit status: 0 ok; 1 --fail-on matched or --verify found differences;"
         " 2 usage error or unreadable source/policies/server",
     )
@@ -98,6 +102,12 @@ def add_replay_parser(subparsers: Any) -> None:
         " --verify, a directory holding a recorded version (repeatable)",
     )
     mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--shadow",
+        action="store_true",
+        help="compare each record's decision with the shadow decision recorded beside it"
+        " (pdp serve --shadow-policies); nothing is decided again, no --policies",
+    )
     mode.add_argument(
         "--verify",
         action="store_true",
@@ -223,6 +233,28 @@ def _replay(args: argparse.Namespace, sources: list[Source]) -> int:
     return _fail_status(args, tally)
 
 
+def _shadow(args: argparse.Namespace, sources: list[Source]) -> int:
+    if args.policies:
+        raise ReplayUsageError(
+            "--policies does not apply to --shadow (the shadow set decided live; nothing"
+            " is decided again)"
+        )
+    if args.ignore_redacted:
+        raise ReplayUsageError(
+            "--ignore-redacted does not apply to --shadow (the shadow set decided with the"
+            " real arguments)"
+        )
+    tally = compare_shadow(sources, examples=args.examples, progress=_progress(args, sources))
+    header = {
+        "mode": "shadow",
+        "sources": [source.label for source in sources],
+        "candidate": tally.candidate_json(),
+    }
+    report = tally.to_json(header)
+    _print(report, args.json, render_replay(report, max_rows=args.rows))
+    return _fail_status(args, tally)
+
+
 def _verify(args: argparse.Namespace, sources: list[Source]) -> int:
     if args.fail_on is not None:
         raise ReplayUsageError("--fail-on does not apply to --verify (it fails on mismatches)")
@@ -294,6 +326,8 @@ def run_replay(args: argparse.Namespace) -> int:
     """The ``pdp replay`` handler; prints its own errors (``pdp replay: ...``)."""
     try:
         sources = open_sources(args.sources)
+        if args.shadow:
+            return _shadow(args, sources)
         if args.verify:
             return _verify(args, sources)
         if args.target:

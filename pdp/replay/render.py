@@ -71,17 +71,22 @@ def _reasons(decision: dict[str, Any]) -> str:
     return text or "(no reasons)"
 
 
-def _example(example: dict[str, Any], new_label: str) -> list[str]:
+def _example(example: dict[str, Any], new_label: str, key: str | None = None) -> list[str]:
+    """An example record; the new decision is ``example[key or new_label]``, shown as
+    ``new_label`` (no new decision when neither is there)."""
     flag = "  (arguments redacted)" if example.get("arguments_redacted") else ""
-    recorded, new = example["recorded"], example[new_label]
+    recorded, new = example["recorded"], example.get(key or new_label)
     width = max(len("recorded"), len(new_label)) + 1
-    return [
+    lines = [
         f"  {example['decision_id']}  {example.get('time') or '?'}  {example['agent']}"
         f"  {example['tool']}{flag}",
         f"    {'recorded:'.ljust(width)} {recorded['decision'].ljust(5)}  {_reasons(recorded)}",
-        f"    {(new_label + ':').ljust(width)} {new['decision'].ljust(5)}  {_reasons(new)}",
-        f"    at {example['at']}",
     ]
+    if new is not None:
+        lines.append(
+            f"    {(new_label + ':').ljust(width)} {new['decision'].ljust(5)}  {_reasons(new)}"
+        )
+    return [*lines, f"    at {example['at']}"]
 
 
 def _skipped_line(report: dict[str, Any]) -> str:
@@ -101,48 +106,73 @@ def _unreadable(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _versions(versions: list[dict[str, Any]], max_rows: int) -> str:
+    return ", ".join(f"{v['version']} ({v['records']})" for v in versions[:max_rows]) + (
+        " ..." if len(versions) > max_rows else ""
+    )
+
+
 def render_replay(report: dict[str, Any], *, max_rows: int = DEFAULT_MAX_ROWS) -> str:
+    """The report of a candidate replay, of ``--target`` or of ``--shadow``."""
     totals = report["totals"]
     candidate = report.get("candidate", {})
-    new_label = "candidate"
-    lines = [f"pdp replay: {' '.join(report.get('sources', []))}"]
-    if "policies" in candidate:
+    shadow = report.get("mode") == "shadow"
+    new_label = "shadow" if shadow else "candidate"
+    sources = " ".join(report.get("sources", []))
+    lines = [f"pdp replay --shadow: {sources}" if shadow else f"pdp replay: {sources}"]
+    if shadow:
+        lines.append(
+            "compares: each recorded decision with the live shadow decision recorded beside"
+            " it (nothing decided again)"
+        )
+        lines.append(
+            "shadow policy versions: " + (_versions(candidate["versions"], max_rows) or "none")
+        )
+    elif "policies" in candidate:
         lines.append(
             f"candidate: policies {candidate['policies']} (version {candidate.get('version')})"
         )
     elif "target" in candidate:
         lines.append(f"candidate: the pdp serving at {candidate['target']}")
+    rows: list[list[object]] = [
+        ["records compared" if shadow else "records replayed", totals["records"]],
+        ["unchanged", totals["unchanged"]],
+        ["narrowed (allow -> deny)", totals["narrowed"]],
+        ["widened (deny -> allow)", totals["widened"]],
+        ["reasons changed", totals["reasons_changed"]],
+    ]
+    if shadow:
+        rows.append(["no shadow decision (not compared)", totals["no_shadow"]])
+    rows += [
+        ["arguments redacted", totals["arguments_redacted"]],
+        ["  of them changed", totals["redacted_changed"]],
+    ]
+    if shadow:
+        rows.append(["shadow decisions with evaluation errors", totals["candidate_errors"]])
+    else:
+        rows += [
+            ["re-decisions with evaluation errors", totals["candidate_errors"]],
+            ["failed to re-decide", totals["failed"]],
+        ]
+    rows.append(["unreadable lines", report["unreadable"]["lines"]])
     lines += [
         "",
-        table(
-            ["TOTALS", ""],
-            [
-                ["records replayed", totals["records"]],
-                ["unchanged", totals["unchanged"]],
-                ["narrowed (allow -> deny)", totals["narrowed"]],
-                ["widened (deny -> allow)", totals["widened"]],
-                ["reasons changed", totals["reasons_changed"]],
-                ["arguments redacted", totals["arguments_redacted"]],
-                ["  of them changed", totals["redacted_changed"]],
-                ["re-decisions with evaluation errors", totals["candidate_errors"]],
-                ["failed to re-decide", totals["failed"]],
-                ["unreadable lines", report["unreadable"]["lines"]],
-            ],
-        ),
-        f"  not replayed: {_skipped_line(report)}",
+        table(["TOTALS", ""], rows),
+        f"  not {'compared' if shadow else 'replayed'}: {_skipped_line(report)}",
     ]
-    if totals["redacted_changed"]:
+    if shadow and not totals["records"]:
+        lines.append(
+            "  note: no record carries a shadow decision (was pdp serve run with"
+            " --shadow-policies?)"
+        )
+    if totals["redacted_changed"] and not shadow:
         lines += [
             "  note: records with redacted arguments were re-decided with the masked values;",
             "  their changes may come from the masking, not from the policies",
         ]
     versions = report.get("recorded_versions", [])
     if versions:
-        lines.append(
-            "  recorded policy versions: "
-            + ", ".join(f"{v['version']} ({v['records']})" for v in versions[:max_rows])
-            + (" ..." if len(versions) > max_rows else "")
-        )
+        lines.append(f"  recorded policy versions: {_versions(versions, max_rows)}")
     lines += _breakdown("By agent", "AGENT", report["by_agent"], max_rows)
     lines += _breakdown("By tool", "TOOL", report["by_tool"], max_rows)
     lines += _breakdown(
@@ -167,7 +197,12 @@ def render_replay(report: dict[str, Any], *, max_rows: int = DEFAULT_MAX_ROWS) -
         if examples:
             lines += ["", f"Examples: {_CHANGE_TITLES.get(change, change)}"]
             for example in examples:
-                lines += _example(example, "candidate")
+                lines += _example(example, new_label, "candidate")
+    no_shadow = report.get("no_shadow", {})
+    if no_shadow.get("records"):
+        lines += ["", f"No shadow decision (not compared): {no_shadow['records']} records"]
+        for example in no_shadow["examples"]:
+            lines += _example(example, new_label)
     failed = report.get("failed", [])
     if failed:
         lines += ["", "Failed to re-decide"]

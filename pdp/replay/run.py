@@ -2,6 +2,7 @@
 
 Each function streams: lines are read lazily, decided in batches of
 :data:`pdp.replay.redecide.BATCH`, and only counters and bounded examples are kept.
+:func:`compare_shadow` decides nothing: it compares the decisions recorded live.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pdp.replay.progress import Progress
 from pdp.replay.records import ReadLine, RecordedDecision
 from pdp.replay.redecide import Decider, Failed, Outcome, drive, engine_decider
 from pdp.replay.report import DEFAULT_EXAMPLES, ReplayTally
+from pdp.replay.shadow import ShadowTally
 from pdp.replay.sources import ReadCounts, Source, read_sources
 from pdp.replay.verify import DEFAULT_MAX_LISTED, PolicyVersions, VerifyTally, verify_batch
 
@@ -80,6 +82,29 @@ def verify_records(
             tally.add,
             tally.add_line,
         )
+    finally:
+        if progress is not None:
+            progress.close()
+    tally.lines.duplicates = counts.duplicates
+    return tally
+
+
+def compare_shadow(
+    sources: Sequence[Source],
+    *,
+    examples: int = DEFAULT_EXAMPLES,
+    progress: Progress | None = None,
+) -> ShadowTally:
+    """Compares each record's recorded decision with the shadow decision recorded beside
+    it (``pdp serve --shadow-policies``); nothing is decided again."""
+    tally = ShadowTally(examples)
+    counts = ReadCounts()
+    try:
+        for item in _lines(sources, counts, progress):
+            if isinstance(item, RecordedDecision):
+                tally.add_record(item)
+            else:
+                tally.add_line(item)
     finally:
         if progress is not None:
             progress.close()
