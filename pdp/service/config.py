@@ -112,8 +112,8 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    # Decisions are CPU-bound under the GIL: more threads mostly add contention (bench/
-    # service.py: 2-4 threads beat 16). Blocking audit waits are what need more of them.
+    # Decisions run on the grpc.aio event loop; these threads only serve a sink that
+    # waits for I/O (the synchronous audit log), one flush of coalesced calls each.
     threads: int = 8
     max_concurrent_rpcs: int = 256  # beyond this grpc answers RESOURCE_EXHAUSTED
     max_concurrent_streams: int = 100  # per HTTP/2 connection

@@ -3,15 +3,16 @@
 It wraps the handler of every method (decision service, health, reflection), so no
 method can run unauthenticated, whoever registers it. Methods of the decision service
 also need the caller on the allow-list; the resulting :class:`Admission` reaches the
-servicer through a context variable (grpc runs each call in its own
-``contextvars.Context``, so nothing leaks from one call to the next).
+servicer through a context variable (grpc.aio runs each call in its own task, with
+its own ``contextvars.Context``, so nothing leaks from one call to the next).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,9 +54,9 @@ class Refuser:
         self._sink = sink
         self._new_id = new_id
 
-    def refuse(
+    async def refuse(
         self,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         code: RefusalCode,
         message: str,
         method: str,
@@ -68,18 +69,20 @@ class Refuser:
             )
         except Exception:
             log.exception("recording refusal %s failed", refusal_id)
-        context.abort(_STATUS_OF[code], f"{message} (refusal id {refusal_id})")
+        await context.abort(_STATUS_OF[code], f"{message} (refusal id {refusal_id})")
         raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
+# A handler's behavior: a coroutine function, an async generator function, or (for
+# handlers grpc runs in a thread) a plain function.
+Behavior = Callable[..., Any]
 
 if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
     Handler = grpc.RpcMethodHandler[Any, Any]
-    _InterceptorBase = grpc.ServerInterceptor[Any, Any]
+    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-    _InterceptorBase = grpc.ServerInterceptor
+    _InterceptorBase = grpc.aio.ServerInterceptor
 
 
 class AuthInterceptor(_InterceptorBase):
@@ -94,16 +97,16 @@ class AuthInterceptor(_InterceptorBase):
         # Handlers are fixed once the server starts: wrap each method once.
         self._wrapped: dict[str, Handler] = {}
 
-    def intercept_service(
+    async def intercept_service(  # type: ignore[override]  # None means UNIMPLEMENTED
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None  # UNIMPLEMENTED; nothing runs
         wrapped = _wrap_handler(handler, self._guard(method))
@@ -114,17 +117,32 @@ class AuthInterceptor(_InterceptorBase):
         protected = method.startswith(self._protected)
 
         def guard(behavior: Behavior) -> Behavior:
-            def admitted(request: Any, context: grpc.ServicerContext) -> Any:
-                started_ns = time.perf_counter_ns()
-                self._admit(context, method, protected, started_ns)
-                return behavior(request, context)
+            if inspect.isasyncgenfunction(behavior):
+
+                async def admitted_stream(
+                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                ) -> AsyncIterator[Any]:
+                    await self._admit(context, method, protected, time.perf_counter_ns())
+                    async for response in behavior(request, context):
+                        yield response
+
+                return admitted_stream
+
+            async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await self._admit(context, method, protected, time.perf_counter_ns())
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
 
             return admitted
 
         return guard
 
-    def _admit(
-        self, context: grpc.ServicerContext, method: str, protected: bool, started_ns: int
+    async def _admit(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        protected: bool,
+        started_ns: int,
     ) -> None:
         try:
             # grpc-stubs say Mapping[str, bytes]; grpc returns lists of values.
@@ -133,21 +151,20 @@ class AuthInterceptor(_InterceptorBase):
                 _ADMISSION.set(Admission(self._gate.admit(auth_context), started_ns))
             else:
                 self._gate.authenticate(auth_context)
+            return
         except NotAuthenticated as exc:
-            self._refuser.refuse(context, RefusalCode.UNAUTHENTICATED, exc.message, method)
+            code, message, caller = RefusalCode.UNAUTHENTICATED, exc.message, None
         except NotAllowed as exc:
-            self._refuser.refuse(
-                context, RefusalCode.PERMISSION_DENIED, exc.message, method, exc.caller
-            )
+            code, message, caller = RefusalCode.PERMISSION_DENIED, exc.message, exc.caller
         except Exception:
             # Fail closed: a bug in authentication must never let a call through.
             log.exception("authentication of a call to %s failed unexpectedly", method)
-            self._refuser.refuse(
-                context,
+            code, message, caller = (
                 RefusalCode.UNAUTHENTICATED,
                 "the caller could not be authenticated (internal error)",
-                method,
+                None,
             )
+        await self._refuser.refuse(context, code, message, method, caller)
 
 
 def _wrap_handler(handler: Handler, guard: Callable[[Behavior], Behavior]) -> Handler:

@@ -1,7 +1,12 @@
-"""The decision server: grpc (sync, thread pool) with mTLS, health, reflection, lifecycle.
+"""The decision server: grpc.aio with mTLS, health, reflection, lifecycle.
 
-The sync server is used because it measured faster than ``grpc.aio`` for this
-workload on grpcio 1.85 (see bench/service.py and docs in the report of issue 4).
+The server runs on an asyncio event loop in a thread of its own (one loop per process,
+shared by every server in it), so that callers keep a plain synchronous API: start,
+stop, context manager. ``grpc.aio`` measured 1.35x the sync thread-pool server for
+``Check`` over mTLS on grpcio 1.85 (fewer thread hand-offs per call, bench/service.py),
+and one loop lets concurrent calls share one Cedar batch (see pdp.service.servicer).
+Decisions are made on the loop; only a sink that blocks (the synchronous audit log)
+moves them to a thread pool of ``server.threads``.
 
 Lifecycle: :meth:`DecisionServer.start` binds and serves; :meth:`DecisionServer.stop`
 marks health NOT_SERVING, refuses new calls and lets in-flight calls finish within the
@@ -10,16 +15,19 @@ grace period. :func:`serve_until_signalled` does that on SIGTERM or SIGINT.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pdp.audit.ids import new_decision_id
@@ -61,6 +69,37 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # How often file and dev identities are re-read and the own SVID's expiry is checked.
 _MAINTENANCE_INTERVAL_S = 5.0
+
+
+_T = TypeVar("_T")
+
+
+class _ServiceLoop:
+    """The process's grpc.aio event loop, running in a daemon thread (started once)."""
+
+    lock = threading.Lock()
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def service_loop() -> asyncio.AbstractEventLoop:
+    with _ServiceLoop.lock:
+        if _ServiceLoop.loop is None or _ServiceLoop.loop.is_closed():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            threading.Thread(target=run, name="pdp-grpc-loop", daemon=True).start()
+            ready.wait()
+            _ServiceLoop.loop = loop
+        return _ServiceLoop.loop
+
+
+def _on_loop(coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+    return asyncio.run_coroutine_threadsafe(coroutine, service_loop()).result(timeout)
 
 
 def open_identity(config: IdentityConfig) -> IdentitySource:
@@ -114,41 +153,44 @@ class DecisionServer:
         refuser = Refuser(self.sink, new_id)
         engines = FixedEngine(engine) if isinstance(engine, Engine) else engine
         self.core = DecisionCore(engines, self.sink, new_id=new_id)
+        self._executor = ThreadPoolExecutor(options.threads, thread_name_prefix="pdp-rpc")
         self.servicer = DecisionServicer(
             self.core,
             RateLimiter(config.rate_limit),
             refuser,
             max_batch=config.limits.max_batch,
+            # Only a sink that may wait for I/O needs threads; see pdp.service.sink.
+            executor=self._executor if getattr(self.sink, "blocks", True) else None,
         )
-        self.health = health.HealthServicer(
-            experimental_non_blocking=True,
-            experimental_thread_pool=ThreadPoolExecutor(1, thread_name_prefix="pdp-health"),
+        interceptor = AuthInterceptor(
+            CallerGate(self.verifier, self.policy), refuser, {SERVICE_NAME}
         )
-        self._executor = ThreadPoolExecutor(options.threads, thread_name_prefix="pdp-rpc")
-        self._server = grpc.server(
-            self._executor,
-            interceptors=[
-                AuthInterceptor(CallerGate(self.verifier, self.policy), refuser, {SERVICE_NAME})
-            ],
-            options=[
-                ("grpc.max_receive_message_length", config.limits.max_message_bytes),
-                ("grpc.max_concurrent_streams", options.max_concurrent_streams),
-                ("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
-                (
-                    "grpc.max_connection_age_grace_ms",
-                    int(options.max_connection_age_grace_s * 1000),
-                ),
-                ("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)),
-                # A second server on the same port must fail, not share it silently.
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
-        )
-        self._server.add_generic_rpc_handlers((self.servicer.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        grpc_options = [
+            ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+            ("grpc.max_concurrent_streams", options.max_concurrent_streams),
+            ("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)),
+            # A second server on the same port must fail, not share it silently.
+            ("grpc.so_reuseport", 0),
+        ]
+
+        async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+            # grpc.aio objects belong to the loop they are made on.
+            server = grpc.aio.server(
+                interceptors=[interceptor],
+                options=grpc_options,
+                maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+            )
+            server.add_generic_rpc_handlers((self.servicer.handler(),))
+            health_servicer = health_aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            return server, health_servicer
+
+        self._server, self.health = _on_loop(build())
         self.port = 0
         self._stopped = threading.Event()
         self._reload_interval = _reload_interval(config.identity)
@@ -169,10 +211,14 @@ class DecisionServer:
         return self.core.engine
 
     def start(self) -> DecisionServer:
-        self.port = self._server.add_secure_port(
-            self.config.listen, self._credentials.server_credentials()
-        )
-        self._server.start()
+        async def bind_and_start() -> int:
+            port = self._server.add_secure_port(
+                self.config.listen, self._credentials.server_credentials()
+            )
+            await self._server.start()
+            return port
+
+        self.port = _on_loop(bind_and_start())
         self._set_serving(True)
         self._maintenance = threading.Thread(
             target=self._maintain, name="pdp-identity-maintenance", daemon=True
@@ -186,15 +232,19 @@ class DecisionServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.enter_graceful_shutdown()
         grace = self.config.server.shutdown_grace_s if grace is None else grace
-        self._server.stop(grace).wait()
+
+        async def shut_down() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+
+        _on_loop(shut_down())
         self._executor.shutdown(wait=False)
         if self._maintenance is not None:
             self._maintenance.join(timeout=_MAINTENANCE_INTERVAL_S + 1)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
+        return _on_loop(self._server.wait_for_termination(timeout))
 
     def __enter__(self) -> DecisionServer:
         return self.start()
@@ -214,8 +264,12 @@ class DecisionServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, status)
+
+        async def publish() -> None:
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, status)
+
+        _on_loop(publish())
 
     def _maintain(self) -> None:
         """Re-reads file/dev identities; reports NOT_SERVING while the own SVID is expired

@@ -9,15 +9,24 @@ is an ``internal_error`` deny and an unrecorded decision is ``audit_unavailable`
 Requests arrive as raw bytes and are decoded here rather than by grpc, so that an
 undecodable ``Check`` is answered with a deny naming the problem (grpc itself would
 answer INTERNAL) and recorded like any other decision.
+
+:class:`DecisionServicer` is the grpc.aio face. ``Check`` calls that arrive together
+are coalesced: each call queues itself and the first one schedules a flush for the
+next turn of the event loop, which decides everything queued in one
+``Engine.decide_batch`` and one ``record_decisions``. Nothing waits on a timer, so a
+lone call is decided at once; under load, calls share Cedar and audit work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,6 +59,8 @@ REASON_AUDIT_UNAVAILABLE = "audit_unavailable"
 _ANSWER_MARGIN_S = 0.005
 _NO_DEADLINE_S = 10.0**9
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 
 class EngineHolder(Protocol):
     """Holds the engine in force, e.g. :class:`pdp.engine.runtime.PolicyRuntime`, which
@@ -62,6 +73,17 @@ class EngineHolder(Protocol):
 class FixedEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """The requests of one admitted call, waiting to be decided."""
+
+    messages: Sequence[pb.CheckRequest | bytes]
+    grant: CallerGrant
+    method: str
+    started_ns: int  # time.perf_counter_ns() when the call reached pdp's code
+    timeout: float | None  # seconds left before the call's deadline
 
 
 class DecisionCore:
@@ -108,43 +130,62 @@ class DecisionCore:
         timeout: float | None,
     ) -> list[pb.CheckResponse]:
         """One response per message, in order. ``bytes`` are decoded here."""
-        engine = self.engines.engine  # one policy version for the whole call
+        return self.decide_calls([PendingCall(messages, grant, method, started_ns, timeout)])[0]
+
+    def decide_calls(self, calls: Sequence[PendingCall]) -> list[list[pb.CheckResponse]]:
+        """Decides the requests of several calls together (one policy version, one
+        Cedar batch, one audit submission); one list of responses per call."""
+        engine = self.engines.engine  # one policy version for the whole flush
+        messages = [m for call in calls for m in call.messages]
+        grants = [call.grant for call in calls for _ in call.messages]
         ids = [self._new_id() for _ in messages]
         datas: list[dict[str, JsonValue]] = [{} for _ in messages]
         requests: list[Request | None] = [None] * len(messages)
         try:
-            decisions = self._evaluate(engine, messages, grant, datas, requests)
+            decisions = self._evaluate(engine, messages, grants, datas, requests)
         except Exception:
-            log.exception("internal error deciding %d request(s) for %s", len(ids), grant.caller)
+            log.exception("internal error deciding %d request(s)", len(ids))
             decisions = [_internal_error(engine.version)] * len(messages)
-        latency_us = (time.perf_counter_ns() - started_ns) // 1000
+        decided_ns = time.perf_counter_ns()
         shadows = self._shadow(requests)
-        events = [
-            DecisionEvent(
-                decision_id=ids[i],
-                method=method,
-                caller=grant.caller,
-                data=datas[i],
-                request=requests[i],
-                decision=decisions[i],
-                latency_us=latency_us,
-                shadow=shadows[i],
-            )
-            for i in range(len(messages))
-        ]
-        recorded = self._record(events, timeout)
-        return [
+        events: list[DecisionEvent] = []
+        index = 0
+        for call in calls:
+            latency_us = (decided_ns - call.started_ns) // 1000
+            for _ in call.messages:
+                events.append(
+                    DecisionEvent(
+                        decision_id=ids[index],
+                        method=call.method,
+                        caller=grants[index].caller,
+                        data=datas[index],
+                        request=requests[index],
+                        decision=decisions[index],
+                        latency_us=latency_us,
+                        shadow=shadows[index],
+                    )
+                )
+                index += 1
+        timeouts = [call.timeout for call in calls if call.timeout is not None]
+        recorded = self._record(events, min(timeouts) if timeouts else None)
+        responses = [
             check_response(
                 decision if ok else _audit_unavailable(decision.policy_version), decision_id
             )
             for decision_id, decision, ok in zip(ids, decisions, recorded, strict=True)
         ]
+        answers: list[list[pb.CheckResponse]] = []
+        index = 0
+        for call in calls:
+            answers.append(responses[index : index + len(call.messages)])
+            index += len(call.messages)
+        return answers
 
     def _evaluate(
         self,
         engine: Engine,
         messages: Sequence[pb.CheckRequest | bytes],
-        grant: CallerGrant,
+        grants: Sequence[CallerGrant],
         datas: list[dict[str, JsonValue]],
         requests: list[Request | None],
     ) -> list[Decision]:
@@ -152,6 +193,7 @@ class DecisionCore:
         now = self._clock()
         decisions: list[Decision | None] = [None] * len(messages)
         for index, message in enumerate(messages):
+            grant = grants[index]
             try:
                 if isinstance(message, bytes):
                     message = _decode_check_request(message)
@@ -191,7 +233,7 @@ class DecisionCore:
         return [flag is True for flag in flags]
 
 
-def _time_remaining(context: grpc.ServicerContext) -> float | None:
+def _time_remaining(context: Context) -> float | None:
     """Seconds left before the call's deadline; None without a deadline (grpc then
     reports about 2**63 seconds)."""
     remaining = context.time_remaining()
@@ -225,8 +267,70 @@ def _audit_unavailable(policy_version: str) -> Decision:
     )
 
 
+class Coalescer:
+    """Decides the calls queued during one turn of the event loop together.
+
+    ``blocking`` runs each flush on ``executor`` (a sink that waits for I/O, such as
+    the synchronous audit log, must not hold up the event loop); otherwise flushes run
+    on the loop itself, which is cheaper. Concurrent flushes are fine: each decides
+    its own calls with the engine in force when it starts.
+    """
+
+    def __init__(
+        self, core: DecisionCore, *, executor: Executor | None, max_requests: int = 512
+    ) -> None:
+        self._core = core
+        self._executor = executor
+        self._max_requests = max_requests
+        self._queued: list[tuple[PendingCall, asyncio.Future[list[pb.CheckResponse]]]] = []
+        self._queued_requests = 0
+        self._flush_scheduled = False
+
+    async def decide(self, call: PendingCall) -> list[pb.CheckResponse]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[pb.CheckResponse]] = loop.create_future()
+        self._queued.append((call, answer))
+        self._queued_requests += len(call.messages)
+        if self._queued_requests >= self._max_requests:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await answer
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued, self._queued_requests = self._queued, [], 0
+        if not queued:
+            return
+        calls = [call for call, _ in queued]
+        if self._executor is None:
+            self._deliver(queued, self._decide(calls))
+            return
+        loop = asyncio.get_running_loop()
+        flush = loop.run_in_executor(self._executor, self._decide, calls)
+        flush.add_done_callback(lambda done: self._deliver(queued, done.result()))
+
+    def _decide(self, calls: list[PendingCall]) -> list[list[pb.CheckResponse]]:
+        try:
+            return self._core.decide_calls(calls)
+        except Exception:  # decide_calls does not raise; this is the last line of defense
+            log.exception("internal error deciding %d call(s)", len(calls))
+            denied = check_response(_internal_error(self._core.engine.version), "")
+            return [[denied] * len(call.messages) for call in calls]
+
+    @staticmethod
+    def _deliver(
+        queued: list[tuple[PendingCall, asyncio.Future[list[pb.CheckResponse]]]],
+        answers: list[list[pb.CheckResponse]],
+    ) -> None:
+        for (_, answer), responses in zip(queued, answers, strict=True):
+            if not answer.done():  # a cancelled call has gone; its record is written anyway
+                answer.set_result(responses)
+
+
 class DecisionServicer:
-    """The grpc face of :class:`DecisionCore`: rate limits, batch size, deadlines."""
+    """The grpc.aio face of :class:`DecisionCore`: rate limits, batch size, deadlines."""
 
     def __init__(
         self,
@@ -235,11 +339,13 @@ class DecisionServicer:
         refuser: Refuser,
         *,
         max_batch: int,
+        executor: Executor | None = None,
     ) -> None:
         self.core = core
         self._rate_limiter = rate_limiter
         self._refuser = refuser
         self._max_batch = max_batch
+        self._coalescer = Coalescer(core, executor=executor)
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The service's methods, taking raw request bytes (decoded by the core)."""
@@ -256,29 +362,30 @@ class DecisionServicer:
             },
         )
 
-    def check(self, data: bytes, context: grpc.ServicerContext) -> pb.CheckResponse:
-        admission = self._admitted(context, CHECK_METHOD)
-        self._charge(context, CHECK_METHOD, admission, 1)
+    async def check(self, data: bytes, context: Context) -> pb.CheckResponse:
+        admission = await self._admitted(context, CHECK_METHOD)
+        await self._charge(context, CHECK_METHOD, admission, 1)
+        call = PendingCall(
+            (data,),
+            admission.grant,
+            CHECK_METHOD,
+            admission.started_ns,
+            _time_remaining(context),
+        )
         try:
-            return self.core.decide(
-                (data,),
-                admission.grant,
-                method=CHECK_METHOD,
-                started_ns=admission.started_ns,
-                timeout=_time_remaining(context),
-            )[0]
+            return (await self._coalescer.decide(call))[0]
         except Exception:
             log.exception("internal error answering Check")
             return check_response(_internal_error(self.core.engine.version), "")
 
-    def check_batch(self, data: bytes, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
-        admission = self._admitted(context, CHECK_BATCH_METHOD)
+    async def check_batch(self, data: bytes, context: Context) -> pb.CheckBatchResponse:
+        admission = await self._admitted(context, CHECK_BATCH_METHOD)
         batch = pb.CheckBatchRequest()
         try:
             batch.ParseFromString(data)
         except (DecodeError, RecursionError) as exc:
             # Without the list there is no way to answer request by request.
-            self._refuser.refuse(
+            await self._refuser.refuse(
                 context,
                 RefusalCode.INVALID_ARGUMENT,
                 f"not a valid pdp.v1.CheckBatchRequest message ({exc})",
@@ -287,33 +394,34 @@ class DecisionServicer:
             )
         count = len(batch.requests)
         if count > self._max_batch:
-            self._refuser.refuse(
+            await self._refuser.refuse(
                 context,
                 RefusalCode.RESOURCE_EXHAUSTED,
                 f"batch has {count} requests; the limit is {self._max_batch}",
                 CHECK_BATCH_METHOD,
                 admission.grant.caller,
             )
-        self._charge(context, CHECK_BATCH_METHOD, admission, count)
+        await self._charge(context, CHECK_BATCH_METHOD, admission, count)
+        call = PendingCall(
+            batch.requests,
+            admission.grant,
+            CHECK_BATCH_METHOD,
+            admission.started_ns,
+            _time_remaining(context),
+        )
         try:
-            responses = self.core.decide(
-                batch.requests,
-                admission.grant,
-                method=CHECK_BATCH_METHOD,
-                started_ns=admission.started_ns,
-                timeout=_time_remaining(context),
-            )
+            responses = await self._coalescer.decide(call)
         except Exception:
             log.exception("internal error answering CheckBatch")
             denied = check_response(_internal_error(self.core.engine.version), "")
             responses = [denied] * count
         return pb.CheckBatchResponse(responses=responses)
 
-    def _admitted(self, context: grpc.ServicerContext, method: str) -> Admission:
+    async def _admitted(self, context: Context, method: str) -> Admission:
         admission = current_admission()
         if admission is None:
             # Registered without the AuthInterceptor: refuse rather than serve anyone.
-            self._refuser.refuse(
+            await self._refuser.refuse(
                 context,
                 RefusalCode.UNAUTHENTICATED,
                 "the caller was not authenticated (server misconfigured)",
@@ -321,15 +429,15 @@ class DecisionServicer:
             )
         remaining = _time_remaining(context)
         if remaining is not None and remaining <= 0:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before deciding")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before deciding"
+            )
         return admission
 
-    def _charge(
-        self, context: grpc.ServicerContext, method: str, admission: Admission, cost: int
-    ) -> None:
+    async def _charge(self, context: Context, method: str, admission: Admission, cost: int) -> None:
         caller = admission.grant.caller
         if not self._rate_limiter.take(caller.spiffe_id, cost):
-            self._refuser.refuse(
+            await self._refuser.refuse(
                 context,
                 RefusalCode.RESOURCE_EXHAUSTED,
                 f"rate limit for {caller.spiffe_id} exceeded; retry with backoff",

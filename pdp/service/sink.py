@@ -6,6 +6,11 @@ and *before* answering, and waits for it: a sink that returns ``False`` for a de
 ``audit_unavailable``. That is how a synchronous audit log makes "no answer without a
 durable record" hold. A sink can only take an allow away, never grant one.
 
+A sink whose ``record_decisions`` never waits for I/O says so with a class attribute
+``blocks = False``; the service then decides on its event loop. Without it (or with
+``blocks = True``) decisions run on the service's thread pool, so that a sink waiting
+for an fsync cannot stall every other call.
+
 Refusals (unauthenticated, permission denied, rate limited, batch too large or
 undecodable) go to
 :meth:`DecisionSink.record_refusal`, which must not block: the call is refused anyway.
@@ -82,6 +87,8 @@ class DecisionSink(Protocol):
 
 class NullSink:
     """Records nothing and reports success: the default until audit is configured."""
+
+    blocks = False
 
     def record_decisions(
         self, events: Sequence[DecisionEvent], timeout: float | None
