@@ -145,6 +145,9 @@ REASON_DEFAULT_DENY = "default_deny"
 REASON_UNKNOWN_TOOL = "unknown_tool"
 REASON_EVALUATION_ERROR = "evaluation_error"
 REASON_INTERNAL_ERROR = "internal_error"
+# Denies the service makes without consulting the policies.
+REASON_CALLER_NOT_BOUND = "caller_not_bound"  # the caller may not ask about this agent
+REASON_AUDIT_UNAVAILABLE = "audit_unavailable"  # the decision could not be recorded
 
 
 def deny(policy_version: str, code: str, message: str, errors: tuple[str, ...] = ()) -> Decision:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pdp.audit.ids import new_decision_id
 from pdp.audit.redact import Redactor
-from pdp.model import Caller, Decision, Request, deny, format_time
+from pdp.model import REASON_AUDIT_UNAVAILABLE, Caller, Decision, Request, deny, format_time
 
 RECORD_VERSION = "pdp.audit/v1"
 
@@ -22,8 +22,8 @@ KIND_DECISION = "decision"
 KIND_REFUSAL = "refusal"
 RECORD_KINDS = frozenset({KIND_DECISION, KIND_REFUSAL})
 
-# The reason a decision carries when its audit record could not be made durable.
-REASON_AUDIT_UNAVAILABLE = "audit_unavailable"
+# REASON_AUDIT_UNAVAILABLE (from pdp.model, re-exported here) is the reason a decision
+# carries when its audit record could not be made durable.
 
 # Suggested refusal codes (gRPC status names in snake case); any short string is accepted.
 REFUSAL_UNAUTHENTICATED = "unauthenticated"

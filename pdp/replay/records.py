@@ -23,10 +23,11 @@ from typing import Any
 from pdp.audit.record import (
     KIND_DECISION,
     KIND_REFUSAL,
-    REASON_AUDIT_UNAVAILABLE,
     RECORD_VERSION,
 )
 from pdp.model import (
+    REASON_AUDIT_UNAVAILABLE,
+    REASON_CALLER_NOT_BOUND,
     REASON_INTERNAL_ERROR,
     Decision,
     Effect,
@@ -37,9 +38,10 @@ from pdp.model import (
 )
 
 # Service-level denies: the policies never saw these requests, so a different policy
-# set cannot change them. ("caller_not_bound" is pdp.service.servicer's; spelled out here
-# so that reading logs does not import the gRPC service.)
-SERVICE_REASONS = frozenset({"caller_not_bound", REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR})
+# set cannot change them.
+SERVICE_REASONS = frozenset(
+    {REASON_CALLER_NOT_BOUND, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR}
+)
 CHAIN_KINDS = frozenset({"segment", "checkpoint"})
 
 

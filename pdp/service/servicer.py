@@ -34,6 +34,8 @@ from google.protobuf.message import DecodeError
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.engine import Engine
 from pdp.model import (
+    REASON_AUDIT_UNAVAILABLE,
+    REASON_CALLER_NOT_BOUND,
     REASON_INTERNAL_ERROR,
     Decision,
     JsonValue,
@@ -53,8 +55,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 CHECK_METHOD = f"/{SERVICE_NAME}/Check"
 CHECK_BATCH_METHOD = f"/{SERVICE_NAME}/CheckBatch"
 
-REASON_CALLER_NOT_BOUND = "caller_not_bound"
-REASON_AUDIT_UNAVAILABLE = "audit_unavailable"
 # Time kept back from the call's deadline for sending the answer after recording.
 _ANSWER_MARGIN_S = 0.005
 _NO_DEADLINE_S = 10.0**9
