@@ -171,6 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             nats=args.nats,
             shadow_policies=args.shadow_policies,
             watch=not args.no_watch,
+            workers=args.workers,
+            worker_index=args.worker_index,
         )
     )
 
@@ -278,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decide every request with these policies too, recorded, not enforced",
     )
     p.add_argument("--no-watch", action="store_true", help="reload policies on SIGHUP only")
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        help="server processes on one port, each with its own engine and audit chain"
+        " (a number or 'auto' for one per core; default: server.workers, 1)",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("audit", help="audit log tools")

@@ -7,6 +7,7 @@ after a graceful stop and 2 when it cannot start; ``call`` exits 0 on allow, 1 o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -55,6 +56,8 @@ class ServeOptions:
     nats: str | None = None
     shadow_policies: str | None = None
     watch: bool = True
+    workers: str | None = None  # a number or "auto"; None: the config's server.workers
+    worker_index: int | None = None  # set in the processes `--workers N` starts
 
 
 def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
@@ -67,6 +70,10 @@ def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
     if options.audit_off:
         return None
     log_dir = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
+    if options.worker_index is not None:
+        from pdp.service.workers import audit_dir_of
+
+        log_dir = audit_dir_of(log_dir, options.worker_index)
     return open_audit(
         AuditConfig(
             file=FileSinkConfig(log_dir=log_dir),
@@ -116,9 +123,24 @@ def serve(options: ServeOptions) -> int:
 
     state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
     archive_root = state_dir / "policy-versions"
+    from pdp.service.config import MAX_WORKERS
+    from pdp.service.workers import worker_count
+
+    try:
+        workers = worker_count(options.workers, config.server.workers)
+    except ValueError:
+        return _error(f"--workers {options.workers!r}: give a number or 'auto'")
+    if not 1 <= workers <= MAX_WORKERS:
+        return _error(f"--workers: must be between 1 and {MAX_WORKERS} (got {workers})")
+    if workers > 1 and options.worker_index is None:
+        return _supervise(options, config, workers, state_dir)
+    if workers > 1:
+        config = config.replace(server=dataclasses.replace(config.server, workers=workers))
+    # Every worker writes the same versions; one archive writer avoids racing renames.
+    archives = options.worker_index in (None, 0)
 
     def on_reload(event: ReloadEvent) -> None:
-        if event.ok and event.role == "active":
+        if archives and event.ok and event.role == "active":
             try:
                 archive_policies(runtime.engine.compiled, archive_root)
             except ArchiveError as exc:
@@ -134,7 +156,8 @@ def serve(options: ServeOptions) -> int:
         return _error(f"policies in {config.policies} are not usable: {exc.detail}")
     runtime.add_listener(on_reload)
     try:
-        archive_policies(runtime.engine.compiled, archive_root)
+        if archives:
+            archive_policies(runtime.engine.compiled, archive_root)
     except ArchiveError as exc:
         logging.getLogger("pdp.policies").warning("policy archive: %s", exc)
     compiled = runtime.engine.compiled
@@ -207,6 +230,65 @@ def serve(options: ServeOptions) -> int:
             audit.close(10.0)
         print("pdp: stopped", flush=True)
         return code
+
+
+def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state_dir: Path) -> int:
+    """``--workers N`` (N > 1): check once, then run N worker processes on one port."""
+    from pdp.engine import PolicyLoadError, load_policies
+    from pdp.identity.devca import ensure_dev_state
+    from pdp.service.workers import Supervisor, python_entry, reserve_port
+
+    for directory in (config.policies, options.shadow_policies):
+        if directory is None:
+            continue
+        try:
+            load_policies(directory)
+        except PolicyLoadError as exc:
+            return _error(f"policies in {directory} are not usable: {exc}")
+    if options.dev:
+        ensure_dev_state(state_dir)  # once, before workers race to create it
+    try:
+        listen, reservation = reserve_port(config.listen)
+    except OSError as exc:
+        return _error(str(exc))
+    audit_base = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
+    argvs = []
+    for index in range(workers):
+        argv = [*python_entry(), "serve", "--listen", listen, "--workers", str(workers)]
+        argv += ["--worker-index", str(index), "--audit-mode", options.audit_mode]
+        for flag, value in (
+            ("--config", options.config_file),
+            ("--state-dir", options.state_dir),
+            ("--policies", options.policies),
+            ("--audit-dir", str(audit_base)),
+            ("--nats", options.nats),
+            ("--shadow-policies", options.shadow_policies),
+        ):
+            if value:
+                argv += [flag, value]
+        for flag, on in (
+            ("--dev", options.dev),
+            ("--no-audit", options.audit_off),
+            ("--no-watch", not options.watch),
+        ):
+            if on:
+                argv.append(flag)
+        argvs.append(argv)
+    supervisor = Supervisor(argvs, grace_s=config.server.shutdown_grace_s)
+    audit_note = "audit off" if options.audit_off else f"audit chains in {audit_base}/worker-K"
+
+    def on_ready() -> None:
+        reservation.close()  # the workers hold the port now
+        print(f"pdp: listening on {listen} with {workers} workers ({audit_note})", flush=True)
+        print("pdp: SIGHUP reloads every worker; SIGTERM drains them all", flush=True)
+
+    try:
+        code = supervisor.run(on_ready)
+    finally:
+        reservation.close()
+    if code == 2:
+        return _error(supervisor.failed)
+    return code
 
 
 def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str) -> list[str]:

@@ -110,6 +110,9 @@ class RateLimit:
     enabled: bool = True
 
 
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
     # Decisions run on the grpc.aio event loop; these threads only serve a sink that
@@ -123,7 +126,9 @@ class ServerOptions:
     max_connection_age_grace_s: float = 30.0
     max_connection_idle_s: float = 600.0
     shutdown_grace_s: float = 10.0  # in-flight calls get this long after SIGTERM
-    workers: int = 1  # processes; only 1 is implemented (SO_REUSEPORT workers are planned)
+    # Server processes sharing the listening port (SO_REUSEPORT), each with its own
+    # engine and audit chain; see pdp/service/workers.py. 1: this process serves.
+    workers: int = 1
     # TLS 1.2 cipher suites are not here: grpc reads them from the environment at import
     # time, before any config is loaded (see pdp/service/cipher_suites.py).
 
@@ -165,8 +170,10 @@ def _check_config(config: ServiceConfig) -> None:
             raise ConfigError(f"{name}: must be greater than 0 (got {value})")
     if config.server.max_connection_age_grace_s < 0 or config.server.shutdown_grace_s < 0:
         raise ConfigError("server: grace periods must not be negative")
-    if config.server.workers != 1:
-        raise ConfigError("server.workers: only 1 is supported so far")
+    if not 1 <= config.server.workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"server.workers: must be between 1 and {MAX_WORKERS} (got {config.server.workers})"
+        )
     if isinstance(config.identity, FileIdentity):
         for trust_domain in config.identity.bundles:
             try:

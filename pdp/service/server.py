@@ -171,8 +171,9 @@ class DecisionServer:
             ("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace_s * 1000)),
             ("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)),
-            # A second server on the same port must fail, not share it silently.
-            ("grpc.so_reuseport", 0),
+            # A second server on the same port must fail, not share it silently; workers
+            # of one `pdp serve --workers N` share it on purpose.
+            ("grpc.so_reuseport", 1 if config.server.workers > 1 else 0),
         ]
 
         async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:

@@ -86,7 +86,7 @@ def test_dev_and_workload_api_identities(tmp_path: Path) -> None:
         ("listen: localhost\n", "must be HOST:PORT"),
         ("lisen: 0.0.0.0:1\n", "lisen: unknown key"),
         ("server: {threads: 0}\n", "server.threads: must be greater than 0"),
-        ("server: {workers: 2}\n", "server.workers: only 1"),
+        ("server: {workers: 0}\n", "server.workers: must be between 1 and 64"),
         ("server: {threads: true}\n", "server.threads: must be an integer, not a boolean"),
         ("limits: {request: {max_detph: 3}}\n", "limits.request.max_detph: unknown key"),
         ("identity: {source: vault}\n", "identity.source: 'vault' is not one of"),
