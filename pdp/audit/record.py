@@ -20,7 +20,9 @@ RECORD_VERSION = "pdp.audit/v1"
 
 KIND_DECISION = "decision"
 KIND_REFUSAL = "refusal"
-RECORD_KINDS = frozenset({KIND_DECISION, KIND_REFUSAL})
+KIND_POLICY_RELOAD = "policy_reload"
+# Lines that are records (not segment or checkpoint chain lines): listeners get them.
+RECORD_KINDS = frozenset({KIND_DECISION, KIND_REFUSAL, KIND_POLICY_RELOAD})
 
 # REASON_AUDIT_UNAVAILABLE (from pdp.model, re-exported here) is the reason a decision
 # carries when its audit record could not be made durable.
@@ -34,11 +36,13 @@ REFUSAL_UNAVAILABLE = "unavailable"
 
 __all__ = [
     "KIND_DECISION",
+    "KIND_POLICY_RELOAD",
     "KIND_REFUSAL",
     "REASON_AUDIT_UNAVAILABLE",
     "RECORD_VERSION",
     "audit_unavailable",
     "build_decision_record",
+    "build_policy_reload_record",
     "build_refusal_record",
     "new_decision_id",
 ]
@@ -194,6 +198,45 @@ def build_refusal_record(
     record["arguments_redacted"] = any(p.startswith("request.arguments") for p in masked)
     if masked:
         record["redacted"] = masked
+    return record
+
+
+def build_policy_reload_record(
+    *,
+    directory: str,
+    role: str,
+    ok: bool,
+    version: str,
+    candidate_version: str,
+    detail: str,
+    duration_ms: float,
+    instance_id: str,
+    redactor: Redactor,
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """The record of one policy reload attempt, accepted or rejected.
+
+    ``role`` is ``active`` or ``shadow``; ``version`` is the version in force after the
+    attempt (the old one when it was rejected), ``candidate_version`` the version of the
+    set that was tried ("" when it did not even load); ``detail`` says why it was
+    rejected (``file:line: message`` diagnostics, failing tests) or ``unchanged``.
+    """
+    text = redactor.text(detail)
+    record: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "kind": KIND_POLICY_RELOAD,
+        "time": format_time(time or datetime.now(UTC)),
+        "instance_id": instance_id,
+        "role": role,
+        "directory": directory,
+        "ok": bool(ok),
+        "version": version,
+        "candidate_version": candidate_version,
+        "detail": text,
+        "duration_ms": round(float(duration_ms), 3),
+    }
+    if text != detail:
+        record["redacted"] = ["detail"]
     return record
 
 

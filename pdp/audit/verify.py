@@ -79,7 +79,7 @@ class VerifyReport:
     ok: bool
     files: int = 0
     lines: int = 0  # valid chain lines
-    records: int = 0  # decision and refusal lines
+    records: int = 0  # decision, refusal and policy_reload lines
     first_seq: int | None = None
     last_seq: int | None = None
     checkpoints: int = 0

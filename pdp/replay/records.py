@@ -1,9 +1,10 @@
 """Turning audit lines (``pdp.audit/v1``) into recorded decisions that can be decided again.
 
 Only ``kind: "decision"`` records are replayed. Refusals (calls refused before any
-policy ran), the chain's ``segment`` and ``checkpoint`` lines, and decisions the
-service made without consulting the policies (``caller_not_bound``, ``internal_error``,
-``audit_unavailable``) are classified and counted, never re-decided. Anything else
+policy ran), ``policy_reload`` records, the chain's ``segment`` and ``checkpoint``
+lines, and decisions the service made without consulting the policies
+(``caller_not_bound``, ``internal_error``, ``audit_unavailable``) are classified and
+counted, never re-decided. Anything else
 (not JSON, another format, a decision record missing a field) is :class:`Unreadable`.
 
 The recorded request is taken as it was logged, including its ``time``; the service
@@ -22,6 +23,7 @@ from typing import Any
 
 from pdp.audit.record import (
     KIND_DECISION,
+    KIND_POLICY_RELOAD,
     KIND_REFUSAL,
     RECORD_VERSION,
 )
@@ -50,6 +52,7 @@ class LineKind(StrEnum):
     REFUSAL = "refusal"
     SERVICE = "service"  # a decision record the policies did not make
     CHAIN = "chain"  # segment and checkpoint lines of the hash chain
+    EVENT = "event"  # policy_reload records: no decision (counted with the chain lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,8 @@ def read_record(at: str, raw: bytes | str) -> ReadLine:
         return Skipped(at, LineKind.REFUSAL)
     if kind in CHAIN_KINDS:
         return Skipped(at, LineKind.CHAIN)
+    if kind == KIND_POLICY_RELOAD:
+        return Skipped(at, LineKind.EVENT)
     if kind != KIND_DECISION:
         return Unreadable(at, f"unknown record kind {kind!r:.40}")
     try:
