@@ -236,7 +236,7 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
     """``--workers N`` (N > 1): check once, then run N worker processes on one port."""
     from pdp.engine import PolicyLoadError, load_policies
     from pdp.identity.devca import ensure_dev_state
-    from pdp.service.workers import Supervisor, python_entry, reserve_port
+    from pdp.service.workers import Supervisor, python_entry, reserve_port, say
 
     for directory in (config.policies, options.shadow_policies):
         if directory is None:
@@ -274,18 +274,36 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
             if on:
                 argv.append(flag)
         argvs.append(argv)
-    supervisor = Supervisor(argvs, grace_s=config.server.shutdown_grace_s)
+    from pdp.service.balance import BalanceError, RoundRobin
+
+    port = int(listen.rpartition(":")[2])
+    try:
+        balancer: RoundRobin | None = RoundRobin(workers)
+        balancing = "round robin (eBPF)"
+    except BalanceError as exc:
+        balancer, balancing = None, f"the kernel's hash (round robin unavailable: {exc})"
+
+    def on_worker_ready(index: int, pid: int) -> None:
+        if balancer is not None:
+            balancer.add(index, pid, port)
+
+    supervisor = Supervisor(
+        argvs, grace_s=config.server.shutdown_grace_s, on_worker_ready=on_worker_ready
+    )
     audit_note = "audit off" if options.audit_off else f"audit chains in {audit_base}/worker-K"
 
     def on_ready() -> None:
         reservation.close()  # the workers hold the port now
-        print(f"pdp: listening on {listen} with {workers} workers ({audit_note})", flush=True)
-        print("pdp: SIGHUP reloads every worker; SIGTERM drains them all", flush=True)
+        say(f"pdp: listening on {listen} with {workers} workers ({audit_note})")
+        say(f"pdp: new connections are dealt to workers by {balancing}")
+        say("pdp: SIGHUP reloads every worker; SIGTERM drains them all")
 
     try:
         code = supervisor.run(on_ready)
     finally:
         reservation.close()
+        if balancer is not None:
+            balancer.close()
     if code == 2:
         return _error(supervisor.failed)
     return code

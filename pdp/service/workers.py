@@ -38,6 +38,15 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 START_TIMEOUT_S = 120.0
 READY_MARK = "pdp: listening on "
+_output = threading.Lock()
+
+
+def say(text: str, *, error: bool = False) -> None:
+    """One whole line to stdout (or stderr), never interleaved with a worker's."""
+    stream = sys.stderr if error else sys.stdout
+    with _output:
+        stream.write(text + "\n")
+        stream.flush()
 
 
 @dataclass
@@ -71,8 +80,17 @@ def reserve_port(listen: str) -> tuple[str, socket.socket]:
 class Supervisor:
     """Runs the workers until a signal stops them; see the module docstring."""
 
-    def __init__(self, worker_argvs: Sequence[list[str]], *, grace_s: float) -> None:
+    def __init__(
+        self,
+        worker_argvs: Sequence[list[str]],
+        *,
+        grace_s: float,
+        on_worker_ready: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.workers = [_Worker(i, list(argv)) for i, argv in enumerate(worker_argvs)]
+        # Called with (index, pid) each time a worker listens, from a relay thread.
+        self._on_worker_ready = on_worker_ready
+        self._ready_lock = threading.Lock()
         self._grace_s = grace_s
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -103,9 +121,15 @@ class Supervisor:
     def _relay(self, worker: _Worker, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            if line.startswith(READY_MARK):
+            say(f"[worker {worker.index}] {line.rstrip()}")
+            if line.startswith(READY_MARK) and not worker.ready.is_set():
+                if self._on_worker_ready is not None:
+                    with self._ready_lock:
+                        try:
+                            self._on_worker_ready(worker.index, process.pid)
+                        except Exception as exc:  # balancing is never a condition
+                            say(f"pdp: worker {worker.index}: {exc}", error=True)
                 worker.ready.set()
-            print(f"[worker {worker.index}] {line}", end="", flush=True)
 
     def start(self) -> bool:
         """Starts every worker and waits until each listens; False if one cannot."""
@@ -165,11 +189,10 @@ class Supervisor:
                     self._stopping.set()
                     return
                 worker.restarts.append(now)
-                print(
+                say(
                     f"pdp: worker {worker.index} exited with status {process.returncode};"
                     " restarting it",
-                    file=sys.stderr,
-                    flush=True,
+                    error=True,
                 )
                 with self._lock:
                     self._spawn(worker)
@@ -206,12 +229,12 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if received:
-            print(f"pdp: signal {received[0]}: draining {len(self.workers)} workers", flush=True)
+            say(f"pdp: signal {received[0]}: draining {len(self.workers)} workers")
         self.stop()
         if self.failed:
-            print(f"pdp: {self.failed}; stopped every worker", file=sys.stderr, flush=True)
+            say(f"pdp: {self.failed}; stopped every worker", error=True)
             return 1
-        print("pdp: stopped", flush=True)
+        say("pdp: stopped")
         return 0
 
 
@@ -239,5 +262,6 @@ __all__ = [
     "audit_dir_of",
     "python_entry",
     "reserve_port",
+    "say",
     "worker_count",
 ]

@@ -129,6 +129,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Supervised, Path, Path, str]]:
     )
     line = supervisor.wait_for("with 2 workers")
     address = line.split("listening on ", 1)[1].split(" ", 1)[0]
+    supervisor.wait_for("SIGHUP reloads every worker")
     yield supervisor, state, policies, address
     supervisor.stop()  # drains the workers (they run in sessions of their own)
 
@@ -155,8 +156,12 @@ def test_workers_share_the_port_and_each_keep_a_verifiable_chain(
             [PDP, "audit", "verify", str(directory)], capture_output=True, text=True, check=False
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
-    # 24 connections hashed over 2 workers: both served (all on one: p = 2 * 2**-24).
-    assert ids_by_worker[0] and ids_by_worker[1]
+    # New connections are dealt in turn (eBPF round robin): exactly half each. Where
+    # the kernel refuses eBPF the supervisor says so and the kernel's hash deals them.
+    if any("dealt to workers by round robin" in line for line in supervisor.lines):
+        assert len(ids_by_worker[0]) == len(ids_by_worker[1]) == 12
+    else:
+        assert ids_by_worker[0] and ids_by_worker[1]  # all on one: p = 2 * 2**-24
     assert not ids_by_worker[0] & ids_by_worker[1]
     assert ids_by_worker[0] | ids_by_worker[1] == {r.decision_id for r in responses}
 
