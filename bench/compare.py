@@ -1,6 +1,7 @@
 """pdp against the Cerbos PDP, side by side, on this machine, in one run.
 
     .venv/bin/python bench/compare.py [--sizes 10,1000,10000] [--requests 30000]
+                                      [--workers N]
 
 Setup (done here when missing): h2load from Debian's nghttp2-client; the Cerbos
 binary from the npm package @cerbos/cerbos-linux-x64; a small LD_PRELOAD shim
@@ -125,10 +126,15 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants (pdp's supervisor and workers)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            total += int(line.split()[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        total += sum(rss_mb(int(child)) for child in children.read_text().split())
+    return total
 
 
 # --- the two servers ---------------------------------------------------------------------
@@ -224,7 +230,7 @@ def pdp_request(count: int, intent: bool = True) -> dict[str, Any]:
     return request
 
 
-def start_pdp(work: Path, count: int, state: Path, batch_size: int) -> Server:
+def start_pdp(work: Path, count: int, state: Path, batch_size: int, workers: int = 1) -> Server:
     import grpc
     from google.protobuf import json_format
 
@@ -251,7 +257,15 @@ def start_pdp(work: Path, count: int, state: Path, batch_size: int) -> Server:
     dev = ensure_dev_state(state)
     started = time.monotonic()
     process = subprocess.Popen(
-        [str(REPO / ".venv/bin/pdp"), "serve", "--config", str(config)],
+        [
+            str(REPO / ".venv/bin/pdp"),
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+            "--no-audit",  # Cerbos runs with audit off too
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -450,7 +464,7 @@ def run_size(count: int, args: argparse.Namespace, tools: dict[str, Any]) -> dic
         work = Path(tmp)
         for name in ("pdp", "cerbos"):
             server = (
-                start_pdp(work, count, tools["state"], args.batch)
+                start_pdp(work, count, tools["state"], args.batch, args.workers)
                 if name == "pdp"
                 else start_cerbos(work, count, tools["cerbos"], tools["state"], tools["pb"])
             )
@@ -495,6 +509,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--requests", type=int, default=30000)
     parser.add_argument("--batch", type=int, default=50, help="requests per CheckBatch")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="pdp serve --workers (default: one per core, as Cerbos uses every core)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tools: dict[str, Any] = {
@@ -512,6 +532,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    print(f"pdp: serve --workers {args.workers}, audit off; Cerbos {CERBOS_VERSION}: audit off")
     print(
         f"{'policies':>8} {'server':<7} {'decisions/s':>12} {'p50 ms':>7} {'p99 ms':>7}"
         f" {'p99@half':>9} {'batch dec/s':>12} {'start s':>8} {'RSS MB':>7}"
