@@ -308,16 +308,27 @@ class Coalescer:
             self._deliver(queued, self._decide(calls))
             return
         loop = asyncio.get_running_loop()
-        flush = loop.run_in_executor(self._executor, self._decide, calls)
-        flush.add_done_callback(lambda done: self._deliver(queued, done.result()))
+        try:
+            flush = loop.run_in_executor(self._executor, self._decide, calls)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._deliver(queued, self._denied(calls))
+            return
+        flush.add_done_callback(
+            lambda done: self._deliver(
+                queued, self._denied(calls) if done.cancelled() else done.result()
+            )
+        )
 
     def _decide(self, calls: list[PendingCall]) -> list[list[pb.CheckResponse]]:
         try:
             return self._core.decide_calls(calls)
         except Exception:  # decide_calls does not raise; this is the last line of defense
             log.exception("internal error deciding %d call(s)", len(calls))
-            denied = check_response(_internal_error(self._core.engine.version), "")
-            return [[denied] * len(call.messages) for call in calls]
+            return self._denied(calls)
+
+    def _denied(self, calls: list[PendingCall]) -> list[list[pb.CheckResponse]]:
+        denied = check_response(_internal_error(self._core.engine.version), "")
+        return [[denied] * len(call.messages) for call in calls]
 
     @staticmethod
     def _deliver(

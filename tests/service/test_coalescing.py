@@ -194,3 +194,24 @@ def test_a_failing_core_denies_every_queued_call(engine: Engine) -> None:
         for a in answers
         for r in a
     )
+
+
+def test_a_shut_down_pool_denies_instead_of_hanging(engine: Engine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    sink = BatchRecordingSink(blocks=True)
+    core = DecisionCore(FixedEngine(engine), sink, new_id=new_decision_id)
+    coalescer = Coalescer(core, executor=pool)
+    grant = _grant(GATEWAY_ID, "spiffe://acme.test/agent/*")
+    acme = to_message(example_request()).SerializeToString()
+
+    async def main() -> list[pb.CheckResponse]:
+        call = PendingCall((acme,), grant, CHECK_METHOD, 0, None)
+        return await asyncio.wait_for(coalescer.decide(call), 10)
+
+    (response,) = asyncio.run(main())
+    assert response.decision == pb.DECISION_DENY
+    assert response.reasons[0].policy == "internal_error"
+    assert sink.decisions == []
