@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cedarpy
@@ -119,21 +120,31 @@ def read_head(statement: Statement) -> Head:
 
 
 def parse_file(
-    statements: list[Statement], display_name: str, *, floor: bool
+    statements: list[Statement],
+    display_name: str,
+    *,
+    floor: bool,
+    heads: Sequence[Head | None] | None = None,
 ) -> tuple[list[PolicyUnit], list[Diagnostic]]:
-    """Reads one file's policies (already validated by Cedar) into units."""
+    """Reads one file's policies (already validated by Cedar) into units.
+
+    ``heads``: the scanner's heads of the statements, where already read (None
+    where it declined).
+    """
     units: list[PolicyUnit] = []
     diagnostics: list[Diagnostic] = []
-    for statement in statements:
+    for position, statement in enumerate(statements):
 
         def problem(message: str, line: int = statement.line) -> None:
             diagnostics.append(Diagnostic(display_name, line, message))
 
-        try:
-            head = read_head(statement)
-        except ValueError as exc:
-            problem(_first_line(str(exc)))
-            continue
+        head = heads[position] if heads is not None else None
+        if head is None:
+            try:
+                head = read_head(statement)
+            except ValueError as exc:
+                problem(_first_line(str(exc)))
+                continue
         policy_id = head.annotations.get("id")
         reason = head.annotations.get("reason")
         if not policy_id:

@@ -34,6 +34,7 @@ from pdp.engine.source import (
     parse_file,
     split_statements,
 )
+from pdp.engine.validation import confirm_valid, scan_heads
 
 SCHEMA_FILE = "schema.cedarschema"
 FLOOR_DIR = "floor"
@@ -205,14 +206,20 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
     digest = hashlib.sha256()
     diagnostics: list[Diagnostic] = []
 
-    def read(path: Path, display: str) -> str | None:
+    def read_quietly(path: Path, display: str) -> str | Diagnostic:
         try:
             data = path.read_bytes()
             text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            diagnostics.append(Diagnostic(display, 0, f"cannot read: {exc}"))
-            return None
+            return Diagnostic(display, 0, f"cannot read: {exc}")
         digest.update(display.encode() + b"\0" + data + b"\0")
+        return text
+
+    def read(path: Path, display: str) -> str | None:
+        text = read_quietly(path, display)
+        if isinstance(text, Diagnostic):
+            diagnostics.append(text)
+            return None
         return text
 
     schema_path = root / SCHEMA_FILE
@@ -234,18 +241,30 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
     sources += [(p, _display(p, root), True) for p in extra_floor]
     sources += [(p, _display(p, root), False) for p in author_files]
 
+    # Read and split every file first, then confirm validity in one pass over all of
+    # them (pdp.engine.validation); a file that pass cannot confirm is validated the
+    # exact way below, so diagnostics and their order are as if file by file.
+    texts = [read_quietly(path, display) for path, display, _ in sources]
+    split = [split_statements(t) if isinstance(t, str) else [] for t in texts]
+    heads = [scan_heads(statements) for statements in split]
+    unconfirmed = (
+        confirm_valid(schema, list(zip(split, heads, strict=True))) if schema is not None else set()
+    )
     units: dict[str, PolicyUnit] = {}
-    for path, display, is_floor in sources:
-        text = read(path, display)
-        if text is None:
+    for position, (_path, display, is_floor) in enumerate(sources):
+        text = texts[position]
+        if isinstance(text, Diagnostic):
+            diagnostics.append(text)
             continue
-        statements = split_statements(text)
-        if schema is not None:
+        statements = split[position]
+        if schema is not None and position in unconfirmed:
             validation = _validate(text, display, statements, schema)
             if validation:
                 diagnostics += validation
                 continue
-        file_units, file_diagnostics = parse_file(statements, display, floor=is_floor)
+        file_units, file_diagnostics = parse_file(
+            statements, display, floor=is_floor, heads=heads[position]
+        )
         diagnostics += file_diagnostics
         if file_diagnostics:
             continue
