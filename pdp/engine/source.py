@@ -62,8 +62,11 @@ class PolicyUnit:
         return f"{self.file}:{self.line}"
 
 
-# A string (with escapes), a comment, a statement end, or a run of anything else.
-_LEXEME = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|;|[^"/;]+|.', re.S)
+# Between statements: whitespace and comments. A statement: strings (with escapes),
+# comments and anything else up to a ``;``. Atomic groups and possessive repeats read
+# it like a lexer, left to right, never backtracking into a string or a comment.
+_GAP = re.compile(r"(?>\s+|//[^\n]*+)*+")
+_STATEMENT = re.compile(r'(?>[^"/;]++|"(?:[^"\\\n]|\\.)*+"|//[^\n]*+|/|")*+;', re.S)
 
 
 def split_statements(text: str) -> list[Statement]:
@@ -74,23 +77,22 @@ def split_statements(text: str) -> list[Statement]:
     report it.
     """
     statements: list[Statement] = []
-    start: int | None = None
+    position = 0
     line = 1
-    start_line = 1
-    for match in _LEXEME.finditer(text):
-        lexeme = match.group(0)
-        if start is None and not lexeme.startswith("//"):
-            stripped = lexeme.lstrip()
-            if stripped:
-                start = match.start() + (len(lexeme) - len(stripped))
-                start_line = line + lexeme.count("\n", 0, len(lexeme) - len(stripped))
-        if lexeme == ";" and start is not None:
-            statements.append(Statement(text[start : match.end()], start_line))
-            start = None
-        line += lexeme.count("\n")
-    if start is not None and text[start:].strip():
-        statements.append(Statement(text[start:], start_line))
-    return statements
+    end = len(text)
+    while True:
+        gap = _GAP.match(text, position)
+        start = gap.end() if gap else position
+        if start >= end:
+            return statements
+        line += text.count("\n", position, start)
+        match = _STATEMENT.match(text, start)
+        if match is None:
+            statements.append(Statement(text[start:], line))
+            return statements
+        statements.append(Statement(text[start : match.end()], line))
+        line += text.count("\n", start, match.end())
+        position = match.end()
 
 
 def _first_line(message: str) -> str:

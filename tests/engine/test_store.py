@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pdp.engine import PolicyLoadError, load_policies
-from pdp.engine.source import split_statements
+from pdp.engine.source import Statement, split_statements
 from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, READ_POLICY, PolicyDirFactory
 
 
@@ -183,3 +186,48 @@ def test_statement_splitter_ignores_semicolons_in_strings_and_comments() -> None
     statements = split_statements(text)
     assert [s.line for s in statements] == [2, 6]
     assert statements[0].text.endswith('"q\\";" };')
+
+
+# The splitter before it read whole statements with one expression: a lexer over
+# strings, comments, ";" and runs of anything else. The two must agree on any text.
+_LEXEME = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|;|[^"/;]+|.', re.S)
+
+
+def lexer_split(text: str) -> list[Statement]:
+    statements: list[Statement] = []
+    start: int | None = None
+    line = 1
+    start_line = 1
+    for match in _LEXEME.finditer(text):
+        lexeme = match.group(0)
+        if start is None and not lexeme.startswith("//"):
+            stripped = lexeme.lstrip()
+            if stripped:
+                start = match.start() + (len(lexeme) - len(stripped))
+                start_line = line + lexeme.count("\n", 0, len(lexeme) - len(stripped))
+        if lexeme == ";" and start is not None:
+            statements.append(Statement(text[start : match.end()], start_line))
+            start = None
+        line += lexeme.count("\n")
+    if start is not None and text[start:].strip():
+        statements.append(Statement(text[start:], start_line))
+    return statements
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(
+            ['"', ";", "/", "//", "\\", "\n", " ", "\t", "a", "@id", '"x;y"', "\u00a0", "\u2028"]
+        ),
+        max_size=40,
+    ).map("".join)
+)
+def test_statement_splitter_agrees_with_a_lexer(text: str) -> None:
+    assert split_statements(text) == lexer_split(text)
+
+
+def test_statement_splitter_agrees_with_a_lexer_on_the_examples() -> None:
+    for path in EXAMPLE_POLICIES.rglob("*.cedar"):
+        text = path.read_text()
+        assert split_statements(text) == lexer_split(text)
