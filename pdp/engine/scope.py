@@ -11,6 +11,7 @@ scope matches — a handful, whatever the size of the set.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -76,16 +77,14 @@ class ScanFallback(Exception):
 class Head:
     """What the index and reasons need from a policy: annotations, effect, scope.
 
-    The scanner also notes where the action constraint is in the text
-    (``action_span``, start and end offsets) and where the body after the scope
-    starts (``body``), for pdp.engine.validation; a head read from Cedar's JSON has
-    neither. They take no part in comparisons.
+    The scanner also notes where the body after the scope starts (``body``, an
+    offset in the text), for pdp.engine.validation; a head read from Cedar's JSON
+    has -1. It takes no part in comparisons.
     """
 
     annotations: Mapping[str, str]
     effect: str
     scope: Scope
-    action_span: tuple[int, int] | None = field(default=None, compare=False)
     body: int = field(default=-1, compare=False)
 
 
@@ -205,11 +204,17 @@ def _variable(v: str) -> str:
 _HEAD = re.compile(
     rf"(?P<annotations>(?:{_ANNOTATION.pattern})*){_W}(?P<effect>permit|forbid){_W}\({_W}"
     + _variable("principal")
-    + rf"{_W},{_W}(?P<action>action{_KW}(?:{_W}(?P<action_op>==|in{_KW}){_W}"
+    + rf"{_W},{_W}action{_KW}(?:{_W}(?P<action_op>==|in{_KW}){_W}"
     rf"(?P<action_entities>{_ENTITY}|\[{_W}(?:{_ENTITY}{_W}(?:,{_W}{_ENTITY}{_W})*,?{_W})?\])"
-    rf")?){_W},{_W}" + _variable("resource") + rf"{_W}(?:,{_W})?\)"
+    rf")?{_W},{_W}" + _variable("resource") + rf"{_W}(?:,{_W})?\)"
 )
 _ENTITY_RE = re.compile(_ENTITY)
+_GROUPS = (
+    *(f"principal_{g}" for g in ("op", "entity", "type", "in")),
+    "action_op",
+    "action_entities",
+    *(f"resource_{g}" for g in ("op", "entity", "type", "in")),
+)
 
 
 def _entity(text: str) -> Uid:
@@ -217,17 +222,30 @@ def _entity(text: str) -> Uid:
     return (kind, rest[:-1])
 
 
-def _fast_variable(match: re.Match[str], v: str) -> Constraint:
-    op = match.group(f"{v}_op")
+# Policies of a large set name the same scopes over and over: share the constraints.
+@functools.lru_cache(maxsize=1 << 16)
+def _variable_constraint(
+    op: str | None, entity: str | None, entity_type: str | None, within: str | None
+) -> Constraint:
     if op is not None:
-        return Constraint("eq" if op == "==" else "in", (_entity(match.group(f"{v}_entity")),))
-    entity_type = match.group(f"{v}_type")
+        assert entity is not None
+        return Constraint("eq" if op == "==" else "in", (_entity(entity),))
     if entity_type is None:
         return ANY
-    within = match.group(f"{v}_in")
     if within is None:
         return Constraint("is", (), entity_type)
     return Constraint("is_in", (_entity(within),), entity_type)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _action_constraint(op: str | None, listed: str) -> Constraint:
+    if op is None:
+        return ANY
+    if op == "==":
+        return Constraint("eq", (_entity(listed),))
+    if not listed.startswith("["):
+        return Constraint("in", (_entity(listed),))
+    return Constraint("in", tuple(_entity(e) for e in _ENTITY_RE.findall(listed)))
 
 
 def _fast_head(text: str) -> Head | None:
@@ -242,28 +260,24 @@ def _fast_head(text: str) -> Head | None:
         annotation = _ANNOTATION.match(block, position)
         if annotation is None or annotation.end() == position:
             return None
-        if annotation.group("key") in annotations:
+        key = annotation.group("key")
+        if key in annotations:
             return None  # the token reader declines it: Cedar reports it
-        annotations[annotation.group("key")] = annotation.group("value") or ""
+        annotations[key] = annotation.group("value") or ""
         position = annotation.end()
-    op = match.group("action_op")
-    if op is None:
-        action = ANY
-    elif op == "==":
-        action = Constraint("eq", (_entity(match.group("action_entities")),))
-    else:
-        listed = match.group("action_entities")
-        if not listed.startswith("["):
-            action = Constraint("in", (_entity(listed),))
-        elif "//" in listed:
-            return None  # a comment could hold an entity-like text
-        else:
-            action = Constraint("in", tuple(_entity(e) for e in _ENTITY_RE.findall(listed)))
+    (p_op, p_entity, p_type, p_in, action_op, listed, r_op, r_entity, r_type, r_in) = match.group(
+        *_GROUPS
+    )
+    if listed is not None and "//" in listed:
+        return None  # a comment in an action list could hold an entity-like text
     return Head(
         annotations,
         match.group("effect"),
-        Scope(_fast_variable(match, "principal"), action, _fast_variable(match, "resource")),
-        match.span("action"),
+        Scope(
+            _variable_constraint(p_op, p_entity, p_type, p_in),
+            _action_constraint(action_op, listed or ""),
+            _variable_constraint(r_op, r_entity, r_type, r_in),
+        ),
         match.end(),
     )
 
@@ -301,17 +315,14 @@ def _read_head(text: str) -> Head:
     reader.take("punct", "(")
     principal = _principal_or_resource(reader, "principal")
     reader.take("punct", ",")
-    reader.peek()
-    action_start = reader.spans[reader.pos][0] if reader.pos < len(reader.spans) else -1
     action = _action(reader)
-    action_span = (action_start, reader.spans[reader.pos - 1][1])
     reader.take("punct", ",")
     resource = _principal_or_resource(reader, "resource")
     if reader.at("punct", ","):  # Cedar accepts a trailing comma in the scope
         reader.pos += 1
     reader.take("punct", ")")
     body = reader.spans[reader.pos - 1][1]
-    return Head(annotations, effect, Scope(principal, action, resource), action_span, body)
+    return Head(annotations, effect, Scope(principal, action, resource), body)
 
 
 def _constraint_from_est(element: Mapping[str, Any]) -> Constraint:

@@ -1,17 +1,27 @@
 """Confirming that policies pass Cedar's validation, at a cost that does not grow with the schema.
 
-Cedar's validator checks a policy in every request environment of the schema —
-one per action — so validating N policies against a schema of A actions costs
-≈ N * A * 2 µs: 10,000 policies over 160 tools ≈ 10 s, 100,000 over 1,600 tools
-hours. But a policy's check in an environment depends only on the environment's
-principal types, resource types and context type (its ``appliesTo``), and on the
-action itself only where the policy names ``action`` or an ``Action`` entity
-outside its scope. So pdp sorts the schema's actions into classes of identical
-``appliesTo``, rewrites each policy's action scope to the class representatives
-of the actions it can match, and validates it against a small schema holding
-only those representatives (plus every entity and common type, unchanged). The
-policies that match an environment of the full schema are exactly covered by
-the representatives, so if this passes, Cedar's full validation passes too.
+Cedar's validator checks each policy in every request environment of the schema,
+one per action, so validating N policies against A actions costs ≈ N * A * 3 µs,
+and every environment the policy's scope matches costs a full type check: 10,000
+policies over 160 tools took 6 s, 100,000 over 1,600 tools would take hours.
+
+But the check of a policy in one environment depends only on that environment's
+``appliesTo`` (principal types, resource types, context type), and on the action
+itself only where the policy names ``action`` or an ``Action`` entity outside its
+scope; and it depends on the entity *types* its scope names, not on their ids
+(but for actions and enumerated types). So pdp:
+
+- sorts the schema's actions into classes of identical ``appliesTo``, and makes
+  for each class a small schema: every entity and common type, unchanged, and the
+  class's first action alone;
+- reduces each policy to its shape: no annotations, principal and resource ids
+  elided, the body as written; policies of one shape (large sets come from a few
+  templates) are checked once;
+- checks each shape against the schema of every class its action scope can match,
+  its action scope rewritten to that class's action.
+
+Every environment of the full schema in which a policy applies is covered by one
+of those checks, so if they all pass, Cedar's full validation passes too.
 
 This is only ever used to *confirm* a file. A file it cannot confirm — an error
 found, a policy it does not handle (template slots, escaped strings, ``action``
@@ -23,7 +33,7 @@ unchanged. ``tests/engine/test_validation.py`` checks both ways agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import cedarpy
@@ -40,6 +50,7 @@ _ACTION_DECL = re.compile(
     re.S,
 )
 _PARENT = re.compile(r'Action::"([^"\\]*)"')
+_ENUM = re.compile(r"^entity ([A-Za-z_][A-Za-z0-9_]*) enum ", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,10 @@ class SchemaClasses:
 
     def __init__(self, others: list[str], actions: list[_Action]) -> None:
         self._others = others  # every declaration but actions, as Cedar renders them
+        # Entity types whose ids the validator checks: their ids are kept.
+        self._enums = frozenset(
+            match.group(1) for other in others for match in _ENUM.finditer(other)
+        )
         self._actions = {a.name: a for a in actions}
         self._class_of: dict[str, int] = {}
         self._representatives: list[_Action] = []
@@ -72,7 +87,7 @@ class SchemaClasses:
                 children.setdefault(parent, []).append(action.name)
         self._children = children
         self._memo: dict[Constraint, tuple[int, ...] | None] = {}
-        self._schemas: dict[tuple[int, ...], cedarpy.Schema] = {}
+        self._schemas: dict[int, cedarpy.Schema] = {}
 
     @classmethod
     def of(cls, schema: cedarpy.Schema) -> SchemaClasses | None:
@@ -101,13 +116,8 @@ class SchemaClasses:
                     return None
             actions.append(_Action(match.group("name"), parents, match.group("applies")))
         classes = cls(others, actions)
-        # Lossless or nothing: the parts must render back to exactly Cedar's text.
-        try:
-            if str(cedarpy.Schema.from_str(classes._render(actions))) != rendered:
-                return None
-        except ValueError:
-            return None
-        return classes
+        # Lossless or nothing: the parts must put back together Cedar's text exactly.
+        return classes if classes._render(actions) == rendered else None
 
     def _render(self, actions: Iterable[_Action]) -> str:
         parts = list(self._others)
@@ -151,23 +161,49 @@ class SchemaClasses:
         self._memo[constraint] = result or None
         return result or None
 
-    def action_scope(self, classes: tuple[int, ...]) -> str:
+    def _keeps_ids(self, entity_type: str) -> bool:
+        """Whether the validator checks this type's ids (actions, enumerated types)."""
+        return entity_type in self._enums or entity_type.endswith("Action")
+
+    def shape(self, head: Head, text: str) -> tuple[str, str]:
+        """The policy as checked, before and after its action scope."""
+        scope = head.scope
         return (
-            "action in ["
-            + ", ".join(f'Action::"{self._representatives[c].name}"' for c in classes)
-            + "]"
+            f"{head.effect} ({scope_text('principal', scope.principal, self._keeps_ids)}, ",
+            f", {scope_text('resource', scope.resource, self._keeps_ids)}){text[head.body :]}",
         )
 
-    def schema(self, classes: tuple[int, ...]) -> cedarpy.Schema:
-        """Every entity and common type, and one action (without groups) per class."""
-        found = self._schemas.get(classes)
+    def representative(self, index: int) -> str:
+        return self._representatives[index].name
+
+    def schema(self, index: int) -> cedarpy.Schema:
+        """Every entity and common type, and the class's first action (without groups)."""
+        found = self._schemas.get(index)
         if found is None:
-            representatives = (self._representatives[c] for c in classes)
+            action = self._representatives[index]
             found = cedarpy.Schema.from_str(
-                self._render(_Action(a.name, (), a.applies) for a in representatives)
+                self._render([_Action(action.name, (), action.applies)])
             )
-            self._schemas[classes] = found
+            self._schemas[index] = found
         return found
+
+
+def scope_text(name: str, constraint: Constraint, keeps_ids: Callable[[str], bool]) -> str:
+    """A principal or resource scope as Cedar text, entity ids elided where the
+    validator does not read them."""
+
+    def uid(entity: tuple[str, str]) -> str:
+        kind, ident = entity
+        return f'{kind}::"{ident if keeps_ids(kind) else "_"}"'
+
+    op = constraint.op
+    if op == "any":
+        return name
+    if op in ("eq", "in"):
+        return f"{name} {'==' if op == 'eq' else 'in'} {uid(constraint.entities[0])}"
+    if op == "is":
+        return f"{name} is {constraint.entity_type}"
+    return f"{name} is {constraint.entity_type} in {uid(constraint.entities[0])}"
 
 
 def _names_actions(text: str) -> bool:
@@ -192,6 +228,10 @@ def scan_heads(statements: Sequence[Statement]) -> list[Head | None]:
     return heads
 
 
+def _check(text: str, schema: cedarpy.Schema) -> bool:
+    return bool(cedarpy.validate_policies(text, schema).validation_passed)
+
+
 def confirm_valid(
     schema: cedarpy.Schema, files: Sequence[tuple[Sequence[Statement], Sequence[Head | None]]]
 ) -> set[int]:
@@ -200,25 +240,33 @@ def confirm_valid(
     classes = SchemaClasses.of(schema)
     if classes is None:
         return set(range(len(files)))
-    groups: dict[tuple[int, ...] | None, list[tuple[int, str]]] = {}
+    shapes: dict[tuple[tuple[int, ...], tuple[str, str]], set[int]] = {}  # -> files
+    verbatim: dict[str, set[int]] = {}  # checked against the full schema as written
     for position, (statements, heads) in enumerate(files):
         for statement, head in zip(statements, heads, strict=True):
-            text = statement.text
-            key: tuple[int, ...] | None = None
-            if head is not None and head.action_span is not None:
+            key = None
+            if head is not None and head.body >= 0:
                 key = classes.classes(head.scope.action)
-                if key is not None and _names_actions(text[head.body :]):
+                if key is not None and _names_actions(statement.text[head.body :]):
                     key = None
-                if key is not None:
-                    start, end = head.action_span
-                    text = text[:start] + classes.action_scope(key) + text[end:]
-            groups.setdefault(key, []).append((position, text))
+            if head is None or key is None:
+                verbatim.setdefault(statement.text, set()).add(position)
+            else:
+                shapes.setdefault((key, classes.shape(head, statement.text)), set()).add(position)
+    # Per class: every shape whose scope can match it, on the class's one action.
+    per_class: dict[int, list[tuple[str, set[int]]]] = {}
+    for (key, shape), positions in shapes.items():
+        for index in key:
+            action = f'action == Action::"{classes.representative(index)}"'
+            text = shape[0] + action + shape[1]
+            per_class.setdefault(index, []).append((text, positions))
+    batches = [(classes.schema(i), items) for i, items in per_class.items()]
+    batches.append((schema, list(verbatim.items())))
     unconfirmed: set[int] = set()
-    for key, items in groups.items():
-        against = schema if key is None else classes.schema(key)
+    for against, items in batches:
         for begin in range(0, len(items), CHUNK):
             chunk = items[begin : begin + CHUNK]
-            text = "\n".join(t for _, t in chunk)
-            if not cedarpy.validate_policies(text, against).validation_passed:
-                unconfirmed.update(p for p, _ in chunk)
+            if not _check("\n".join(text for text, _ in chunk), against):
+                for _, positions in chunk:
+                    unconfirmed |= positions
     return unconfirmed
