@@ -113,6 +113,7 @@ class PolicyRuntime:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_event: ReloadEvent | None = None
+        self.last_rejected: ReloadEvent | None = None  # the last reload that was not applied
         # The first load must succeed: there is no older version to fall back on.
         self.engine: Engine = build_engine(self.directory, limits, run_tests=run_tests)
         self.shadow: Engine | None = None
@@ -128,13 +129,24 @@ class PolicyRuntime:
 
     def _emit(self, event: ReloadEvent) -> None:
         self.last_event = event
-        (log.info if event.ok else log.error)(
-            "policy reload (%s) %s: version %s%s",
-            event.role,
-            "applied" if event.ok else "REJECTED, still serving the old version",
-            event.version,
-            f" ({event.detail})" if event.detail else "",
-        )
+        if event.ok:
+            log.info(
+                "policy reload (%s) applied: version %s%s",
+                event.role,
+                event.version,
+                f" ({event.detail})" if event.detail else "",
+            )
+        else:
+            self.last_rejected = event
+            log.error(
+                "policy reload (%s) REJECTED, still serving the old version: version %s"
+                " (candidate %s from %s: %s)",
+                event.role,
+                event.version or "none",
+                event.candidate_version or "did not load",
+                event.directory,
+                event.detail,
+            )
         for listener in self._listeners:
             try:
                 listener(event)
@@ -237,18 +249,26 @@ class PolicyRuntime:
             self._watcher = None
 
     def status(self) -> dict[str, object]:
-        """For health detail and logs."""
-        event = self.last_event
+        """For health detail and logs: the versions in force, the last reload attempt
+        and the last rejected one (None until there is one)."""
         return {
             "version": self.version,
             "policies": len(self.engine.compiled),
             "shadow_version": self.shadow.version if self.shadow else None,
-            "last_reload": None
-            if event is None
-            else {
-                "time": event.time.isoformat(),
-                "ok": event.ok,
-                "candidate_version": event.candidate_version,
-                "detail": event.detail,
-            },
+            "last_reload": _event_json(self.last_event),
+            "last_rejected_reload": _event_json(self.last_rejected),
         }
+
+
+def _event_json(event: ReloadEvent | None) -> dict[str, object] | None:
+    if event is None:
+        return None
+    return {
+        "time": event.time.isoformat(),
+        "role": event.role,
+        "directory": event.directory,
+        "ok": event.ok,
+        "version": event.version,
+        "candidate_version": event.candidate_version,
+        "detail": event.detail,
+    }

@@ -7,7 +7,10 @@ Public API::
         server = DecisionServer(config, engine, identity, sink=my_audit_sink).start()
         serve_until_signalled(server)
 
-``DecisionSink`` is where audit plugs in (see pdp.service.sink).
+``DecisionSink`` is where audit plugs in (see pdp.service.sink). The same server answers
+``pdp.v1.AuditService`` (pdp.service.watch) for the ``audit_watchers``: a live feed of
+the audit log (``audit_feed=``) and the health detail behind gRPC health
+(``health_sources=``, see pdp.service.operations).
 """
 
 # First, before anything imports grpc: grpc reads its TLS 1.2 cipher list at import.

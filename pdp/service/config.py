@@ -1,7 +1,8 @@
 """The decision service's configuration: frozen dataclasses, read from YAML, safe defaults.
 
 Defaults fail closed: the server listens on loopback only, no caller is allowed until
-the ``callers`` list names it, mutual TLS is the only transport, and every limit is on.
+the ``callers`` list names it, nobody may watch the audit feed until ``audit_watchers``
+names it, mutual TLS is the only transport, and every limit is on.
 
 Example (every key optional except what the identity source needs)::
 
@@ -13,9 +14,12 @@ Example (every key optional except what the identity source needs)::
     callers:
       - id: spiffe://acme.test/gateway/*
         agents: [spiffe://acme.test/agent/*, spiffe://partner.test/agent/helper]
+    audit_watchers: [spiffe://acme.test/siem/*]   # pdp.v1.AuditService (default: nobody)
     limits:
       max_message_bytes: 4194304
       max_batch: 256
+      max_watchers: 8        # WatchDecisions streams open at once
+      watch_queue: 1024      # records waiting for one watcher before it is cut off
       request: {max_arguments_bytes: 65536, max_depth: 16}
     rate_limit: {decisions_per_second: 2000, burst: 4000}
     server: {threads: 8, max_concurrent_rpcs: 256, max_connection_age_s: 300}
@@ -98,6 +102,10 @@ class CallerBinding:
 class ServiceLimits:
     max_message_bytes: int = 4 * 1024 * 1024  # checked by grpc before decoding
     max_batch: int = 256  # requests in one CheckBatch
+    max_watchers: int = 8  # AuditService.WatchDecisions streams open at once
+    # Records waiting to be sent to one watcher; beyond this it is cut off (it never
+    # holds up decisions or other watchers).
+    watch_queue: int = 1024
     request: Limits = field(default_factory=Limits)  # per request, see pdp.model.Limits
 
 
@@ -139,6 +147,9 @@ class ServiceConfig:
     policies: Path = Path("policies")
     identity: IdentityConfig = field(default_factory=WorkloadApiIdentity)
     callers: tuple[CallerBinding, ...] = ()
+    # SPIFFE ID patterns of who may use pdp.v1.AuditService (watch decisions, read
+    # status). A separate list: being a caller does not make one a watcher.
+    audit_watchers: tuple[str, ...] = ()
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     rate_limit: RateLimit = field(default_factory=RateLimit)
     server: ServerOptions = field(default_factory=ServerOptions)
@@ -157,6 +168,8 @@ def _check_config(config: ServiceConfig) -> None:
     positive = {
         "limits.max_message_bytes": config.limits.max_message_bytes,
         "limits.max_batch": config.limits.max_batch,
+        "limits.max_watchers": config.limits.max_watchers,
+        "limits.watch_queue": config.limits.watch_queue,
         "rate_limit.decisions_per_second": config.rate_limit.decisions_per_second,
         "rate_limit.burst": config.rate_limit.burst,
         "server.threads": config.server.threads,
@@ -174,6 +187,13 @@ def _check_config(config: ServiceConfig) -> None:
         raise ConfigError(
             f"server.workers: must be between 1 and {MAX_WORKERS} (got {config.server.workers})"
         )
+    for index, pattern in enumerate(config.audit_watchers):
+        try:
+            SpiffeIdPattern(pattern)
+        except InvalidSpiffeId as exc:
+            raise ConfigError(
+                f"audit_watchers[{index}]: {pattern!r} is not a SPIFFE ID pattern: {exc}"
+            ) from None
     if isinstance(config.identity, FileIdentity):
         for trust_domain in config.identity.bundles:
             try:
@@ -302,6 +322,14 @@ def _callers(data: Any) -> tuple[CallerBinding, ...]:
     return tuple(bindings)
 
 
+def _patterns(data: Any, name: str) -> tuple[str, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+        raise ConfigError(f"{name}: must be a list of SPIFFE ID patterns")
+    return tuple(data)
+
+
 def _dataclass_section(section: _Section, cls: Any, defaults: Any) -> Any:
     """Reads every scalar field of a flat frozen dataclass, typed by its default value."""
     values: dict[str, Any] = {}
@@ -322,6 +350,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     policies = base / root.get("policies", str, str(defaults.policies))
     identity = _identity(root.section("identity"), base)
     callers = _callers(root.raw("callers"))
+    audit_watchers = _patterns(root.raw("audit_watchers"), "audit_watchers")
 
     limits_section = root.section("limits")
     request_section = limits_section.section("request")
@@ -345,6 +374,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         policies=policies,
         identity=identity,
         callers=callers,
+        audit_watchers=audit_watchers,
         limits=limits,
         rate_limit=rate_limit,
         server=server,

@@ -91,11 +91,24 @@ class CallerPolicy:
         return result
 
 
+class WatcherPolicy:
+    """Who may use the audit service (``audit_watchers``): SPIFFE ID patterns, nothing
+    else. Separate from :class:`CallerPolicy`: a decision caller is not a watcher."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
+        self._rules = tuple(SpiffeIdPattern(p) for p in patterns)
+
+    def allows(self, spiffe_id: str) -> bool:
+        return any(rule.matches(spiffe_id) for rule in self._rules)
+
+
 class CallerGate:
     """``admit(auth_context)`` -> :class:`CallerGrant`, or raises :class:`Refused`.
 
     ``authenticate`` alone serves methods open to any authenticated peer (health,
-    reflection); ``admit`` also requires the caller to be on the allow-list.
+    reflection); ``admit`` also requires the caller to be on the allow-list, and
+    ``admit_watcher`` the watcher list (a grant without agents).
     """
 
     def __init__(
@@ -103,10 +116,12 @@ class CallerGate:
         verifier: PeerVerifier,
         policy: CallerPolicy,
         *,
+        watchers: WatcherPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._verifier = verifier
         self._policy = policy
+        self._watchers = watchers or WatcherPolicy(())
         self._clock = clock
 
     def authenticate(self, auth_context: AuthContext) -> Caller:
@@ -129,6 +144,16 @@ class CallerGate:
                 f"caller {caller.spiffe_id} is not allowed to ask for decisions", caller
             )
         return CallerGrant(caller, agents)
+
+    def admit_watcher(self, auth_context: AuthContext) -> CallerGrant:
+        caller = self.authenticate(auth_context)
+        if not self._watchers.allows(caller.spiffe_id):
+            raise NotAllowed(
+                f"caller {caller.spiffe_id} is not allowed to watch the audit log"
+                " (config audit_watchers)",
+                caller,
+            )
+        return CallerGrant(caller, ())
 
 
 class _Bucket:

@@ -1,10 +1,12 @@
 """The one place where every call is authenticated: a server interceptor.
 
-It wraps the handler of every method (decision service, health, reflection), so no
-method can run unauthenticated, whoever registers it. Methods of the decision service
-also need the caller on the allow-list; the resulting :class:`Admission` reaches the
-servicer through a context variable (grpc.aio runs each call in its own task, with
-its own ``contextvars.Context``, so nothing leaks from one call to the next).
+It wraps the handler of every method (decision service, audit service, health,
+reflection), so no method can run unauthenticated, whoever registers it. Methods of a
+protected service also need the caller on that service's allow-list (the decision
+service: ``callers``; the audit service: ``audit_watchers``); the resulting
+:class:`Admission` reaches the servicer through a context variable (grpc.aio runs each
+call in its own task, with its own ``contextvars.Context``, so nothing leaks from one
+call to the next).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -85,15 +87,30 @@ else:
     _InterceptorBase = grpc.aio.ServerInterceptor
 
 
+# Turns an authenticated call's auth context into a grant, or raises Refused.
+Admit = Callable[[AuthContext], CallerGrant]
+
+
 class AuthInterceptor(_InterceptorBase):
-    """Authenticates every call; admits calls to ``protected_services`` by allow-list."""
+    """Authenticates every call; admits calls to ``protected_services`` by allow-list.
+
+    ``protected_services`` maps a service name to how its callers are admitted; a plain
+    collection of names admits them all with ``gate.admit`` (the ``callers`` list).
+    """
 
     def __init__(
-        self, gate: CallerGate, refuser: Refuser, protected_services: Collection[str]
+        self,
+        gate: CallerGate,
+        refuser: Refuser,
+        protected_services: Mapping[str, Admit] | Collection[str],
     ) -> None:
         self._gate = gate
         self._refuser = refuser
-        self._protected = tuple(f"/{service}/" for service in protected_services)
+        if not isinstance(protected_services, Mapping):
+            protected_services = dict.fromkeys(protected_services, gate.admit)
+        self._protected: tuple[tuple[str, Admit], ...] = tuple(
+            (f"/{service}/", admit) for service, admit in protected_services.items()
+        )
         # Handlers are fixed once the server starts: wrap each method once.
         self._wrapped: dict[str, Handler] = {}
 
@@ -114,7 +131,9 @@ class AuthInterceptor(_InterceptorBase):
         return wrapped
 
     def _guard(self, method: str) -> Callable[[Behavior], Behavior]:
-        protected = method.startswith(self._protected)
+        protected = next(
+            (admit for prefix, admit in self._protected if method.startswith(prefix)), None
+        )
 
         def guard(behavior: Behavior) -> Behavior:
             if inspect.isasyncgenfunction(behavior):
@@ -141,14 +160,14 @@ class AuthInterceptor(_InterceptorBase):
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         method: str,
-        protected: bool,
+        protected: Admit | None,
         started_ns: int,
     ) -> None:
         try:
             # grpc-stubs say Mapping[str, bytes]; grpc returns lists of values.
             auth_context: AuthContext = context.auth_context()  # type: ignore[assignment]
-            if protected:
-                _ADMISSION.set(Admission(self._gate.admit(auth_context), started_ns))
+            if protected is not None:
+                _ADMISSION.set(Admission(protected(auth_context), started_ns))
             else:
                 self._gate.authenticate(auth_context)
             return

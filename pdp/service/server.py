@@ -8,9 +8,18 @@ and one loop lets concurrent calls share one Cedar batch (see pdp.service.servic
 Decisions are made on the loop; only a sink that blocks (the synchronous audit log)
 moves them to a thread pool of ``server.threads``.
 
+The same server answers ``pdp.v1.AuditService`` (pdp.service.watch: a live feed of the
+audit log for the ``audit_watchers``, and the health detail), gRPC health and reflection.
+
+Health: "" and ``pdp.v1.DecisionService`` are SERVING only while every check passes:
+the server's own SVID is valid, and each of ``health_sources`` (callables returning
+``(ok, detail)``, e.g. "the audit log is writable") says ok. They are polled every
+``_HEALTH_POLL_S``; a change is logged with its detail, which GetStatus also returns.
+
 Lifecycle: :meth:`DecisionServer.start` binds and serves; :meth:`DecisionServer.stop`
-marks health NOT_SERVING, refuses new calls and lets in-flight calls finish within the
-grace period. :func:`serve_until_signalled` does that on SIGTERM or SIGINT.
+ends watch streams, marks health NOT_SERVING, refuses new calls and lets in-flight calls
+finish within the grace period. :func:`serve_until_signalled` does that on SIGTERM or
+SIGINT.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
@@ -30,6 +40,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp.audit.ids import new_decision_id
 from pdp.engine import Engine
 from pdp.identity.peer import PeerVerifier
@@ -52,8 +63,9 @@ from pdp.service.config import (
     ServiceConfig,
     WorkloadApiIdentity,
 )
-from pdp.service.gate import CallerGate, CallerPolicy, RateLimiter
+from pdp.service.gate import CallerGate, CallerPolicy, RateLimiter, WatcherPolicy
 from pdp.service.interceptor import AuthInterceptor, Refuser
+from pdp.service.operations import HealthSource
 from pdp.service.servicer import (
     SERVICE_NAME,
     DecisionCore,
@@ -63,12 +75,20 @@ from pdp.service.servicer import (
 )
 from pdp.service.sink import DecisionSink, NullSink
 from pdp.service.tls import RotatingServerCredentials
+from pdp.service.watch import (
+    AUDIT_SERVICE_NAME,
+    AuditServicer,
+    RecordFeed,
+    WatchHub,
+    health_checks,
+    reload_attempt,
+)
 
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# How often file and dev identities are re-read and the own SVID's expiry is checked.
-_MAINTENANCE_INTERVAL_S = 5.0
+# How often the health checks (own SVID, health sources) are polled.
+_HEALTH_POLL_S = 0.5
 
 
 _T = TypeVar("_T")
@@ -124,7 +144,9 @@ class DecisionServer:
 
     ``engine`` is an :class:`Engine` or something holding the one in force (a
     ``PolicyRuntime`` that reloads policies). The caller owns ``engine``, ``identity``
-    and ``sink``; the server only uses them.
+    and ``sink``; the server only uses them. ``audit_feed`` (the audit pipeline) feeds
+    ``AuditService.WatchDecisions``; without it watching is refused. ``health_sources``
+    are named checks that health follows (see the module docstring).
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -136,6 +158,8 @@ class DecisionServer:
         *,
         sink: DecisionSink | None = None,
         new_id: Callable[[], str] = new_decision_id,
+        audit_feed: RecordFeed | None = None,
+        health_sources: Mapping[str, HealthSource] | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -162,8 +186,21 @@ class DecisionServer:
             # Only a sink that may wait for I/O needs threads; see pdp.service.sink.
             executor=self._executor if getattr(self.sink, "blocks", True) else None,
         )
+        self.health_sources: dict[str, HealthSource] = dict(health_sources or {})
+        self.hub = (
+            WatchHub(
+                audit_feed,
+                service_loop(),
+                max_watchers=config.limits.max_watchers,
+                queue_size=config.limits.watch_queue,
+            )
+            if audit_feed is not None
+            else None
+        )
+        self.audit_servicer = AuditServicer(self.hub, refuser, self._status)
+        gate = CallerGate(self.verifier, self.policy, watchers=WatcherPolicy(config.audit_watchers))
         interceptor = AuthInterceptor(
-            CallerGate(self.verifier, self.policy), refuser, {SERVICE_NAME}
+            gate, refuser, {SERVICE_NAME: gate.admit, AUDIT_SERVICE_NAME: gate.admit_watcher}
         )
         grpc_options = [
             ("grpc.max_receive_message_length", config.limits.max_message_bytes),
@@ -183,11 +220,14 @@ class DecisionServer:
                 options=grpc_options,
                 maximum_concurrent_rpcs=options.max_concurrent_rpcs,
             )
-            server.add_generic_rpc_handlers((self.servicer.handler(),))
+            server.add_generic_rpc_handlers(
+                (self.servicer.handler(), self.audit_servicer.handler())
+            )
             health_servicer = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(
-                (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+                (SERVICE_NAME, AUDIT_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
+                server,
             )
             return server, health_servicer
 
@@ -196,6 +236,8 @@ class DecisionServer:
         self._stopped = threading.Event()
         self._reload_interval = _reload_interval(config.identity)
         self._maintenance: threading.Thread | None = None
+        self._serving = False
+        self.checks: list[tuple[str, bool, str]] = []  # (name, ok, detail), last poll
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -220,9 +262,12 @@ class DecisionServer:
             return port
 
         self.port = _on_loop(bind_and_start())
-        self._set_serving(True)
+        self._serving = self._poll_health()
+        self._set_serving(self._serving)
+        if not self._serving:
+            log.error("starting NOT_SERVING: %s", self._failing_checks())
         self._maintenance = threading.Thread(
-            target=self._maintain, name="pdp-identity-maintenance", daemon=True
+            target=self._maintain, name="pdp-maintenance", daemon=True
         )
         self._maintenance.start()
         return self
@@ -236,13 +281,15 @@ class DecisionServer:
         grace = self.config.server.shutdown_grace_s if grace is None else grace
 
         async def shut_down() -> None:
+            if self.hub is not None:
+                self.hub.close()  # watch streams never end by themselves
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)
 
         _on_loop(shut_down())
         self._executor.shutdown(wait=False)
         if self._maintenance is not None:
-            self._maintenance.join(timeout=_MAINTENANCE_INTERVAL_S + 1)
+            self._maintenance.join(timeout=_HEALTH_POLL_S + 5)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return _on_loop(self._server.wait_for_termination(timeout))
@@ -273,25 +320,72 @@ class DecisionServer:
         _on_loop(publish())
 
     def _maintain(self) -> None:
-        """Re-reads file/dev identities; reports NOT_SERVING while the own SVID is expired
-        (serving an expired certificate only produces handshake failures)."""
-        since_reload = 0.0
-        serving = True
-        while not self._stopped.wait(_MAINTENANCE_INTERVAL_S):
-            since_reload += _MAINTENANCE_INTERVAL_S
-            if self._reload_interval is not None and since_reload >= self._reload_interval:
-                since_reload = 0.0
+        """Re-reads file/dev identities; polls the health checks and publishes SERVING
+        or NOT_SERVING when the outcome changes."""
+        next_reload = time.monotonic() + (self._reload_interval or 0.0)
+        while not self._stopped.wait(_HEALTH_POLL_S):
+            if self._reload_interval is not None and time.monotonic() >= next_reload:
+                next_reload = time.monotonic() + self._reload_interval
                 if isinstance(self.identity, StaticFileSource):
                     try:
                         self.identity.reload()
                     except Exception as exc:
                         log.error("identity reload failed, keeping the current SVID: %s", exc)
-            valid = datetime.now(UTC) < self.identity.current().not_after
-            if valid != serving and not self._stopped.is_set():
-                serving = valid
-                if not valid:
-                    log.error("own SVID expired at %s", self.identity.current().not_after)
-                self._set_serving(valid)
+            serving = self._poll_health()
+            if serving != self._serving and not self._stopped.is_set():
+                self._serving = serving
+                if serving:
+                    log.warning("health: SERVING again (every check passes)")
+                else:
+                    log.error("health: NOT_SERVING: %s", self._failing_checks())
+                self._set_serving(serving)
+
+    def _poll_health(self) -> bool:
+        """Runs every check, keeps the outcome in :attr:`checks`; True if all pass."""
+        not_after = self.identity.current().not_after
+        # Serving an expired certificate only produces handshake failures.
+        valid = datetime.now(UTC) < not_after
+        checks = [
+            (
+                "identity",
+                valid,
+                f"own SVID valid until {not_after.isoformat()}"
+                if valid
+                else f"own SVID expired at {not_after.isoformat()}",
+            )
+        ]
+        for name, source in self.health_sources.items():
+            try:
+                ok, detail = source()
+            except Exception as exc:  # a broken check fails closed
+                ok, detail = False, f"health check failed: {type(exc).__name__}: {exc}"
+            checks.append((name, bool(ok), str(detail)))
+        self.checks = checks
+        return all(ok for _, ok, _ in checks)
+
+    def _failing_checks(self) -> str:
+        return "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks if not ok)
+
+    def _status(self) -> apb.StatusResponse:
+        """GetStatus: health as last polled, the policies in force, the reloads."""
+        response = apb.StatusResponse(
+            serving=self._serving and not self._stopped.is_set(),
+            checks=health_checks(self.checks),
+        )
+        engines: Any = self.core.engines
+        engine = engines.engine
+        response.policy_version = engine.version
+        response.policies = len(engine.compiled)
+        shadow = getattr(engines, "shadow", None)
+        if shadow is not None:
+            response.shadow_policy_version = shadow.version
+        last = getattr(engines, "last_event", None)
+        if last is not None:
+            response.last_reload.CopyFrom(reload_attempt(last))
+        rejected = getattr(engines, "last_rejected", None)
+        if rejected is not None:
+            response.last_rejected_reload.CopyFrom(reload_attempt(rejected))
+        return response
 
 
 def serve_until_signalled(

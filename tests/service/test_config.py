@@ -27,6 +27,7 @@ def test_defaults_are_safe() -> None:
     config = ServiceConfig()
     assert config.listen.startswith("127.0.0.1:")  # loopback until told otherwise
     assert config.callers == ()  # nobody may ask
+    assert config.audit_watchers == ()  # nobody may watch
     assert isinstance(config.identity, WorkloadApiIdentity)
     assert config.rate_limit.enabled
     assert config.limits.request == Limits()
@@ -46,8 +47,11 @@ identity:
 callers:
   - id: spiffe://acme.test/gateway/*
     agents: [spiffe://acme.test/agent/*]
+audit_watchers: [spiffe://acme.test/siem/*]
 limits:
   max_batch: 10
+  max_watchers: 2
+  watch_queue: 100
   request: {max_depth: 4, max_arguments_bytes: 1000}
 rate_limit: {decisions_per_second: 5, burst: 10}
 server: {threads: 4, max_connection_age_s: 60}
@@ -65,6 +69,8 @@ server: {threads: 4, max_connection_age_s: 60}
         CallerBinding("spiffe://acme.test/gateway/*", ("spiffe://acme.test/agent/*",)),
     )
     assert config.limits.max_batch == 10
+    assert config.audit_watchers == ("spiffe://acme.test/siem/*",)
+    assert (config.limits.max_watchers, config.limits.watch_queue) == (2, 100)
     assert config.limits.request == Limits(max_depth=4, max_arguments_bytes=1000)
     assert config.rate_limit == RateLimit(decisions_per_second=5.0, burst=10)
     assert config.server.threads == 4 and config.server.max_connection_age_s == 60.0
@@ -97,6 +103,9 @@ def test_dev_and_workload_api_identities(tmp_path: Path) -> None:
             "callers: [{id: 'spiffe://A.test/x', agents: ['spiffe://a.test/*']}]\n",
             "callers[0]: 'spiffe://A.test/x' is not a SPIFFE ID pattern",
         ),
+        ("audit_watchers: spiffe://a.test/x\n", "audit_watchers: must be a list"),
+        ("audit_watchers: ['a.test/x']\n", "audit_watchers[0]: 'a.test/x' is not a SPIFFE"),
+        ("limits: {watch_queue: 0}\n", "limits.watch_queue: must be greater than 0"),
         ("[1, 2]\n", "config: must be a mapping"),
         ("a: [\n", "not valid YAML"),
     ],

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
+from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.model import Decision, Effect, Limits, Reason, RequestError, parse_request
 from pdp.service.convert import check_response, request_data, response_json
@@ -42,6 +43,20 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         if fresh.get(name) != committed.get(name)
     )
     assert not stale, f"pdp/_proto is stale ({stale}); run: python scripts/gen_proto.py"
+
+
+def test_every_proto_file_is_generated() -> None:
+    protos = sorted((REPO / "proto").rglob("*.proto"))
+    assert [p.name for p in protos] == ["audit.proto", "decision.proto"]
+    for proto in protos:
+        module = GENERATED / proto.relative_to(REPO / "proto").with_suffix("")
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            assert module.with_name(module.name + suffix).is_file(), (proto, suffix)
+    assert list(apb.DESCRIPTOR.services_by_name) == ["AuditService"]
+    assert list(apb.DESCRIPTOR.services_by_name["AuditService"].methods_by_name) == [
+        "WatchDecisions",
+        "GetStatus",
+    ]
 
 
 def test_decision_zero_value_is_deny() -> None:

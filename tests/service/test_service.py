@@ -337,12 +337,14 @@ def test_health_and_reflection_over_mtls(server: DecisionServer, connect: Client
         [
             reflection_pb2.ServerReflectionRequest(list_services=""),
             reflection_pb2.ServerReflectionRequest(file_containing_symbol="pdp.v1.DecisionService"),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="pdp.v1.AuditService"),
         ]
     )
-    listed, described = list(stub.ServerReflectionInfo(requests, timeout=5))
+    listed, described, audit = list(stub.ServerReflectionInfo(requests, timeout=5))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"pdp.v1.DecisionService", "grpc.health.v1.Health"} <= names
+    assert {"pdp.v1.DecisionService", "pdp.v1.AuditService", "grpc.health.v1.Health"} <= names
     assert described.file_descriptor_response.file_descriptor_proto
+    assert audit.file_descriptor_response.file_descriptor_proto
 
 
 def test_health_requires_an_authenticated_peer(
