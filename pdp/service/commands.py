@@ -182,10 +182,16 @@ def serve(options: ServeOptions) -> int:
         audit = _open_audit(options, state_dir)
     except Exception as exc:  # a broken audit setup must stop the start, loudly
         return _error(f"cannot open the audit log: {exc}")
+    from pdp.service.operations import audit_health, policy_health, reload_recorder
+
+    health_sources = {"policies": policy_health(runtime)}
     if audit is not None:
         from pdp.audit.service_sink import AuditDecisionSink
 
         sink: Any = AuditDecisionSink(audit)
+        # Health follows the audit log (fail closed); every reload attempt is audited.
+        health_sources["audit"] = audit_health(audit)
+        runtime.add_listener(reload_recorder(audit))
     else:
         from pdp.service.sink import NullSink
 
@@ -198,7 +204,14 @@ def serve(options: ServeOptions) -> int:
     )
     with identity:
         try:
-            server = DecisionServer(config, runtime, identity, sink=sink)
+            server = DecisionServer(
+                config,
+                runtime,
+                identity,
+                sink=sink,
+                audit_feed=audit.pipeline if audit is not None else None,
+                health_sources=health_sources,
+            )
         except ConfigError as exc:
             return _error(str(exc))
         try:
@@ -216,7 +229,8 @@ def serve(options: ServeOptions) -> int:
         else:
             print("pdp: WARNING: audit is off (--no-audit)", flush=True)
         print(
-            "pdp: policies reload on change and on SIGHUP; rejected sets keep the old version",
+            "pdp: policies reload on change and on SIGHUP; rejected sets keep the old version"
+            + (" (every attempt is audited)" if audit is not None else ""),
             flush=True,
         )
 
@@ -324,6 +338,12 @@ def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str)
             lines.append(f"caller {binding.caller} may ask about {', '.join(binding.agents)}")
     if not config.callers:
         lines.append("WARNING: no callers are allowed (config 'callers'): every call is refused")
+    if config.audit_watchers:
+        lines.append(f"audit watchers (pdp.v1.AuditService): {', '.join(config.audit_watchers)}")
+    else:
+        lines.append("nobody may watch the audit log (config 'audit_watchers')")
+    if not server.serving:
+        lines.append(f"WARNING: health NOT_SERVING: {server.failing_checks()}")
     example = EXAMPLE_REQUEST if EXAMPLE_REQUEST.exists() else Path("REQUEST.json")
     target = server.address.replace("0.0.0.0:", "127.0.0.1:")
     if options.dev:

@@ -3,7 +3,10 @@
 - :func:`audit_health` is a health source for :class:`pdp.service.server.DecisionServer`:
   while the audit log cannot be written (disk full, directory gone, writer dead) the
   service fails closed (every decision is an ``audit_unavailable`` deny), and health
-  says NOT_SERVING so that load balancers send callers elsewhere.
+  says NOT_SERVING so that load balancers send callers elsewhere. The file system's
+  free space is checked too: after a failed write the pipeline's recovery probe (a
+  small checkpoint) can still fit in the last page of a full disk and report the log
+  writable, though the next record will not fit.
 - :func:`policy_health` never fails (a rejected reload leaves the old version serving)
   but carries the last rejected reload in its detail, for GetStatus and the log.
 - :func:`reload_recorder` writes a ``policy_reload`` audit record for every reload
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,14 +32,28 @@ log = logging.getLogger(__name__)
 HealthSource = Callable[[], tuple[bool, str]]
 
 
-def audit_health(audit: Audit) -> HealthSource:
+# Below this much free space on its file system the audit log counts as full.
+MIN_FREE_BYTES = 1024 * 1024
+
+
+def audit_health(audit: Audit, *, min_free_bytes: int = MIN_FREE_BYTES) -> HealthSource:
     log_dir = audit.config.file.log_dir
 
     def check() -> tuple[bool, str]:
-        if audit.healthy:
-            return True, f"audit log {log_dir} writable"
-        error = audit.pipeline.last_error or "the audit pipeline is closed"
-        return False, f"audit log {log_dir} unavailable, decisions denied: {error}"
+        if not audit.healthy:
+            error = audit.pipeline.last_error or "the audit pipeline is closed"
+            return False, f"audit log {log_dir} unavailable, decisions denied: {error}"
+        try:
+            stat = os.statvfs(log_dir)
+        except OSError as exc:
+            return False, f"audit log {log_dir} unavailable: {exc}"
+        free = stat.f_bavail * stat.f_frsize
+        if free < min_free_bytes:
+            return False, (
+                f"audit log {log_dir}: its file system is full ({free} bytes free, fewer"
+                f" than {min_free_bytes}); decisions are denied once a record does not fit"
+            )
+        return True, f"audit log {log_dir} writable ({free // (1024 * 1024)} MiB free)"
 
     return check
 

@@ -253,6 +253,15 @@ class DecisionServer:
     def engine(self) -> Engine:
         return self.core.engine
 
+    @property
+    def serving(self) -> bool:
+        """What gRPC health reports: True while every health check passes."""
+        return self._serving and not self._stopped.is_set()
+
+    def failing_checks(self) -> str:
+        """The checks that fail, with their detail ("" when all pass)."""
+        return "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks if not ok)
+
     def start(self) -> DecisionServer:
         async def bind_and_start() -> int:
             port = self._server.add_secure_port(
@@ -265,7 +274,7 @@ class DecisionServer:
         self._serving = self._poll_health()
         self._set_serving(self._serving)
         if not self._serving:
-            log.error("starting NOT_SERVING: %s", self._failing_checks())
+            log.error("starting NOT_SERVING: %s", self.failing_checks())
         self._maintenance = threading.Thread(
             target=self._maintain, name="pdp-maintenance", daemon=True
         )
@@ -337,11 +346,16 @@ class DecisionServer:
                 if serving:
                     log.warning("health: SERVING again (every check passes)")
                 else:
-                    log.error("health: NOT_SERVING: %s", self._failing_checks())
+                    log.error("health: NOT_SERVING: %s", self.failing_checks())
                 self._set_serving(serving)
 
     def _poll_health(self) -> bool:
         """Runs every check, keeps the outcome in :attr:`checks`; True if all pass."""
+        self.checks = self.run_checks()
+        return all(ok for _, ok, _ in self.checks)
+
+    def run_checks(self) -> list[tuple[str, bool, str]]:
+        """(name, ok, detail) of every health check, now."""
         not_after = self.identity.current().not_after
         # Serving an expired certificate only produces handshake failures.
         valid = datetime.now(UTC) < not_after
@@ -360,18 +374,11 @@ class DecisionServer:
             except Exception as exc:  # a broken check fails closed
                 ok, detail = False, f"health check failed: {type(exc).__name__}: {exc}"
             checks.append((name, bool(ok), str(detail)))
-        self.checks = checks
-        return all(ok for _, ok, _ in checks)
-
-    def _failing_checks(self) -> str:
-        return "; ".join(f"{name}: {detail}" for name, ok, detail in self.checks if not ok)
+        return checks
 
     def _status(self) -> apb.StatusResponse:
-        """GetStatus: health as last polled, the policies in force, the reloads."""
-        response = apb.StatusResponse(
-            serving=self._serving and not self._stopped.is_set(),
-            checks=health_checks(self.checks),
-        )
+        """GetStatus: health as published, the checks now, the policies in force."""
+        response = apb.StatusResponse(serving=self.serving, checks=health_checks(self.run_checks()))
         engines: Any = self.core.engines
         engine = engines.engine
         response.policy_version = engine.version

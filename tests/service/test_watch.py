@@ -320,7 +320,8 @@ def test_a_decision_caller_is_not_a_watcher(
     error = watch(served.server, pki.gateway).error()
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "not allowed to watch the audit log (config audit_watchers)" in (error.details() or "")
-    # Refused like any call: with a refusal record in the log.
+    # Refused like any call: with a refusal record in the log (written without waiting).
+    assert served.audit.pipeline.flush(TIMEOUT)
     refusals = [
         json.loads(line)
         for line in log_records(served.log_dir).values()
