@@ -57,13 +57,32 @@ def encode_body(record: dict[str, Any]) -> bytes:
     clash = CHAIN_FIELDS.intersection(record)
     if clash:
         raise ValueError(f"record must not set chain fields: {sorted(clash)}")
+    return _encode(record, tree=False)
+
+
+# Built once (json.dumps with options builds a new encoder at every call). Records from
+# pdp.audit.record are fresh trees (the redactor copies every argument), so the writer's
+# encoder skips the check for reference cycles.
+_OPTIONS: dict[str, Any] = {"separators": (",", ":"), "allow_nan": False}
+_ENCODE = json.JSONEncoder(ensure_ascii=False, **_OPTIONS).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, **_OPTIONS).encode
+_ENCODE_TREE = json.JSONEncoder(ensure_ascii=False, check_circular=False, **_OPTIONS).encode
+_ENCODE_TREE_ASCII = json.JSONEncoder(ensure_ascii=True, check_circular=False, **_OPTIONS).encode
+
+
+def _encode(record: dict[str, Any], tree: bool) -> bytes:
     try:
-        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8")
+        return (_ENCODE_TREE if tree else _ENCODE)(record).encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates cannot be UTF-8: fall back to \\u escapes for this record.
-        text = json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-        return text.encode("ascii")
+        return (_ENCODE_TREE_ASCII if tree else _ENCODE_ASCII)(record).encode("ascii")
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """:func:`encode_body` for a record built by ``pdp.audit.record`` (never empty, no
+    chain fields, no reference cycles), without those checks. Raises ``TypeError`` or
+    ``ValueError`` for values JSON cannot hold (NaN, infinities, non-JSON types)."""
+    return _encode(record, tree=True)
 
 
 def seal(body: bytes, seq: int, prev_hash: str) -> tuple[bytes, str]:
@@ -82,8 +101,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_line(raw: bytes) -> ChainLine:
-    """Checks one line (without its newline) and returns it; raises :class:`ChainError`."""
+def parse_line(raw: bytes, *, strict: bool = True) -> ChainLine:
+    """Checks one line (without its newline) and returns it; raises :class:`ChainError`.
+
+    ``strict=False`` skips the check for duplicate members (a line someone wrote with a
+    valid hash but two ``decision`` members, say), which costs a Python call per JSON
+    object: for the NATS shipper, which re-reads lines this process has just written
+    and only needs them whole and hash-correct; ``pdp audit verify`` is strict.
+    """
     tail = _TAIL.search(raw)
     if tail is None:
         raise ChainError("malformed", "line does not end with a hash member")
@@ -91,7 +116,7 @@ def parse_line(raw: bytes) -> ChainLine:
     if hashlib.sha256(raw[: tail.start()] + b"}").hexdigest() != claimed:
         raise ChainError("hash_mismatch", "line content does not match its hash (modified)")
     try:
-        data = json.loads(raw, object_pairs_hook=_no_duplicates)
+        data = json.loads(raw, object_pairs_hook=_no_duplicates) if strict else json.loads(raw)
     except ChainError:
         raise
     except ValueError as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pdp.audit.chain import (
     GENESIS_HASH,
@@ -61,8 +61,7 @@ class FileSinkConfig:
         return self.state_dir if self.state_dir is not None else self.log_dir
 
 
-@dataclass(frozen=True, slots=True)
-class SealedLine:
+class SealedLine(NamedTuple):
     """A line as written: its place in the chain and its bytes (with the newline)."""
 
     seq: int

@@ -52,6 +52,11 @@ DEFAULT_SECRET_KEYS: tuple[str, ...] = (
 )
 
 _MAX_DEPTH = 64  # deeper than any validated request (model.Limits.max_depth is 16)
+# Strings found to hold nothing to mask are remembered (tool names, intent purposes,
+# policy reasons repeat in every record): up to this many, each up to this long.
+_CLEAN_CACHE_SIZE = 8192
+_CLEAN_CACHE_MAX_LEN = 256
+_SCALARS = frozenset({int, float, bool, type(None)})  # exact types: returned as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,8 @@ class Redactor:
         self.is_secret_key: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(
             self._is_secret_key
         )
+        # Only strings with nothing to mask, which the record shows as they are anyway.
+        self._clean: set[str] = set()
 
     def _is_secret_key(self, key: str) -> bool:
         words = _split_words(key)
@@ -162,7 +169,14 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """``value`` with every credential-shaped substring replaced by ``[REDACTED]``."""
-        if not self.config.detect_values or not self._any.search(value):
+        if not self.config.detect_values or value in self._clean:
+            return value
+        if not self._any.search(value):
+            if len(value) <= _CLEAN_CACHE_MAX_LEN:
+                clean = self._clean
+                if len(clean) >= _CLEAN_CACHE_SIZE:
+                    clean.clear()  # a crude bound; refilled from the strings seen next
+                clean.add(value)
             return value
         for pattern in self._value_res:
             value = pattern.sub(REDACTED, value)
@@ -193,35 +207,61 @@ class Redactor:
         return tuple(found)
 
     def _walk(self, value: Any, path: str, masked: list[str], depth: int) -> Any:
-        if isinstance(value, str):
+        # Exact-type tests first: isinstance against the Mapping ABC is slow, and most
+        # values are plain str, int, dict and list. Scalar and string members are handled
+        # in the loops, so that their paths are only formatted when something is masked.
+        kind = type(value)
+        if kind in _SCALARS:
+            return value
+        if kind is str or isinstance(value, str):
             cleaned = self.text(value)
             if cleaned != value:
                 masked.append(path)
             return cleaned
-        if depth >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+        mapping = kind is dict or isinstance(value, Mapping)
+        if not mapping and kind is not list and not isinstance(value, list | tuple):
+            return value
+        if depth >= _MAX_DEPTH:
             masked.append(path)
             return REDACTED
-        if isinstance(value, Mapping):
+        if mapping:
             out: dict[str, Any] = {}
             for key, item in value.items():
-                name = self.text(key) if isinstance(key, str) else str(key)
+                is_str = isinstance(key, str)
+                name = self.text(key) if is_str else str(key)
                 if name != key:
                     masked.append(f"{path}.{REDACTED}")
                     base, n = name, 2
                     while name in out or name in value:
                         name, n = f"{base}#{n}", n + 1
-                item_path = f"{path}.{name}"
-                if isinstance(key, str) and self.is_secret_key(key):
-                    masked.append(item_path)
+                if is_str and self.is_secret_key(key):
+                    masked.append(f"{path}.{name}")
                     out[name] = REDACTED
+                    continue
+                kind = type(item)
+                if kind in _SCALARS:
+                    out[name] = item
+                elif kind is str:
+                    cleaned = self.text(item)
+                    if cleaned != item:
+                        masked.append(f"{path}.{name}")
+                    out[name] = cleaned
                 else:
-                    out[name] = self._walk(item, item_path, masked, depth + 1)
+                    out[name] = self._walk(item, f"{path}.{name}", masked, depth + 1)
             return out
-        if isinstance(value, list | tuple):
-            return [
-                self._walk(item, f"{path}[{i}]", masked, depth + 1) for i, item in enumerate(value)
-            ]
-        return value
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind in _SCALARS:
+                items.append(item)
+            elif kind is str:
+                cleaned = self.text(item)
+                if cleaned != item:
+                    masked.append(f"{path}[{index}]")
+                items.append(cleaned)
+            else:
+                items.append(self._walk(item, f"{path}[{index}]", masked, depth + 1))
+        return items
 
 
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\*|\d+)\]")
