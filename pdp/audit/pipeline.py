@@ -2,15 +2,22 @@
 
 ``sync`` mode: a decision is returned only after its record is on disk. The writer takes
 everything queued, writes it as one batch and calls ``fdatasync`` once (group commit);
-submitters wait on their :class:`Ticket`. ``async`` mode: submit only queues; the writer
-syncs every ``async_flush_interval_s``.
+submitters wait on their :class:`Ticket` (or :class:`Commit`). ``async`` mode: submit only
+queues; the writer syncs every ``async_flush_interval_s``.
+
+The decision path does as little as it can. :meth:`AuditPipeline.submit_all` queues what
+a record is made from (the service's decision events) and the writer thread builds,
+redacts, encodes and hashes the records, many per wake-up: in async mode submitters do
+not wake the writer for every record; it lingers ``async_linger_s`` after the first one
+(or until ``async_wake_records`` are waiting) and takes them all at once.
 
 Nothing is dropped silently. A full queue, a failing sink or a closed pipeline makes
 :meth:`AuditPipeline.submit` return a ticket that is not accepted, counted as
 ``rejected``; :meth:`AuditPipeline.guard` then turns the decision into a deny with reason
 ``audit_unavailable`` unless the pipeline is configured ``fail_open``. In sync mode a
 failed write fails its tickets (counted ``failed``); in async mode the writer keeps the
-batch and retries it with backoff (``retried``) while new submits are rejected.
+batch and retries it with backoff (``retried``) while new submits are rejected. A record
+the writer cannot build (a bug) is logged and counted ``failed``.
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pdp.audit.chain import encode_body
+from pdp.audit.chain import encode_body, encode_record
 from pdp.audit.filesink import FileSink, LogPosition, SealedLine
 from pdp.audit.record import RECORD_KINDS, audit_unavailable
 from pdp.model import Decision
@@ -46,6 +53,11 @@ class PipelineConfig:
     fail_open: bool = False  # True: decisions stand even when their record is not durable
     sync_timeout_s: float = 2.0  # how long guard() waits for durability in sync mode
     async_flush_interval_s: float = 0.2  # fdatasync period in async mode
+    # Async mode: the writer waits this long after the first queued record before it
+    # writes, so that one wake-up takes many records; sooner once async_wake_records
+    # (default: a quarter of queue_size, at most max_batch) are waiting.
+    async_linger_s: float = 0.05
+    async_wake_records: int = 0
     retry_initial_s: float = 0.05  # async mode: first retry delay after a write error
     retry_max_s: float = 2.0
     listener_queue_size: int = 1024  # per listener; a listener that falls behind is dropped
@@ -56,47 +68,135 @@ class PipelineConfig:
 class AuditStats:
     written: int  # records committed to the log
     retried: int  # record write attempts repeated after an error (async mode)
-    failed: int  # records accepted but never written (sync write error, shutdown)
+    failed: int  # records accepted but never written (sync write error, shutdown, unbuildable)
     rejected: int  # records refused at submit (queue full, sink failing, closed)
     queued: int
+    batches: int  # writes to the log (in sync mode each with one fdatasync)
+    wakeups: int  # turns of the writer loop (records are taken many per turn)
     listeners_dropped: int
     healthy: bool
     last_error: str
 
 
-class Ticket:
+class _Waiter:
+    """A latch the writer opens once: a lock held from creation until then.
+
+    Cheaper than a ``threading.Event`` (no Condition behind it); several threads may
+    wait, each acquiring and releasing the open lock in turn.
+    """
+
+    __slots__ = ("_done", "_gate")
+
+    def __init__(self, pending: bool) -> None:
+        self._done = not pending
+        self._gate = threading.Lock()
+        if pending:
+            self._gate.acquire()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _wait_done(self, timeout: float | None) -> bool:
+        if self._done:
+            return True
+        if timeout is None:
+            acquired = self._gate.acquire()
+        elif timeout <= 0:
+            acquired = self._gate.acquire(False)
+        else:
+            acquired = self._gate.acquire(True, timeout)
+        if acquired:
+            self._gate.release()
+        return self._done
+
+    def _open(self) -> None:
+        self._done = True
+        self._gate.release()
+
+    def _settle(self, index: int, ok: bool, error: str, seq: int | None) -> None:
+        raise NotImplementedError
+
+
+class Ticket(_Waiter):
     """The fate of one submitted record."""
 
-    __slots__ = ("_event", "_ok", "accepted", "decision_id", "error", "seq")
+    __slots__ = ("_ok", "accepted", "decision_id", "error", "seq")
 
     def __init__(self, decision_id: str, accepted: bool, error: str = "") -> None:
+        super().__init__(pending=accepted)
         self.decision_id = decision_id
         self.accepted = accepted
         self.error = error
         self.seq: int | None = None
         self._ok = False
-        self._event = threading.Event()
-        if not accepted:
-            self._event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks until the record is written (durably, in sync mode); True if it was."""
-        return self._event.wait(timeout) and self._ok
+        return self._wait_done(timeout) and self._ok
+
+    def _settle(self, index: int, ok: bool, error: str, seq: int | None) -> None:
+        self._ok, self.error, self.seq = ok, error, seq
+        self._open()
+
+
+class Commit(_Waiter):
+    """The fate of records submitted together with :meth:`AuditPipeline.submit_all`.
+
+    Either all of them were queued (``accepted``) or none, except entries ``refused``
+    alone because they could not be encoded. ``flags`` says, per record, whether it has
+    been written (durably, in sync mode) so far.
+    """
+
+    __slots__ = ("_flags", "_pending", "accepted", "error", "refused")
+
+    def __init__(self, count: int) -> None:
+        super().__init__(pending=count > 0)
+        self.accepted = True
+        self.error = ""
+        self.refused: list[int] = []  # indexes of entries that were never queued
+        self._flags = [False] * count
+        self._pending = count
 
     @property
-    def done(self) -> bool:
-        return self._event.is_set()
+    def flags(self) -> list[bool]:
+        return list(self._flags)
 
-    def _resolve(self, ok: bool, error: str = "", seq: int | None = None) -> None:
-        self._ok, self.error, self.seq = ok, error, seq
-        self._event.set()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until every record is settled; True if all of them were written."""
+        return self._wait_done(timeout) and all(self._flags)
+
+    def _refuse(self, index: int, error: str) -> None:
+        """Before queueing: this entry will not be written."""
+        self.error = error
+        self.refused.append(index)
+        self._pending -= 1
+        if self._pending == 0:
+            self._open()
+
+    def _reject(self, error: str) -> None:
+        """Before queueing: none of the entries will be written."""
+        self.accepted, self.error = False, error
+        if self._pending:
+            self._pending = 0
+            self._open()
+
+    def _settle(self, index: int, ok: bool, error: str, seq: int | None) -> None:
+        # Only the writer thread settles, so the counter needs no lock.
+        self._flags[index] = ok
+        if not ok:
+            self.error = error
+        self._pending -= 1
+        if self._pending == 0:
+            self._open()
 
 
-@dataclass(slots=True)
-class _Item:
-    ticket: Ticket
-    body: bytes
-    is_record: bool
+_LINGER, _IDLE = 1, 2  # AuditPipeline._writer_waits
+
+# A queued record: who waits for it, its index there, then either its encoded body (and
+# None) or what ``render`` turns into the record on the writer thread; and whether it is
+# a record (decision, refusal) that listeners get.
+_Item = tuple[_Waiter, int, Any, Callable[[Any], dict[str, Any]] | None, bool]
 
 
 class AuditListener:
@@ -119,16 +219,20 @@ class AuditListener:
 
     def offer(self, line: bytes) -> bool:
         """Non-blocking; False (and disconnects) when the listener is too far behind."""
+        return self.offer_all((line,))
+
+    def offer_all(self, lines: Sequence[bytes]) -> bool:
+        """Like :meth:`offer` for several lines, with one wake-up."""
         with self._cond:
             if not self.connected:
                 return False
-            if len(self._queue) >= self._max:
+            if len(self._queue) + len(lines) > self._max:
                 self.connected, self.dropped = False, True
                 self._queue.clear()
                 self._queue.append(None)
                 self._cond.notify()
                 return False
-            self._queue.append(line)
+            self._queue.extend(lines)
             self._cond.notify()
             return True
 
@@ -161,8 +265,17 @@ class AuditPipeline:
     def __init__(self, sink: FileSink, config: PipelineConfig | None = None) -> None:
         self.sink = sink
         self.config = config or PipelineConfig()
-        self._cond = threading.Condition()
+        self._durable = self.config.mode is DeliveryMode.SYNC
+        self._wake_at = self.config.async_wake_records or max(
+            1, min(self.config.max_batch, self.config.queue_size // 4)
+        )
+        self._help_at = max(1, self.config.queue_size // 2)
+        self._cond = threading.Condition(threading.Lock())
         self._items: deque[_Item] = deque()
+        # How the writer waits on _cond: 0 busy, _LINGER (notify only once _wake_at
+        # records wait), _IDLE (queue empty: notify for the first record).
+        self._writer_waits = 0
+        self._kicked = False  # flush(): write and sync now, without lingering
         self._flushes: list[tuple[int, threading.Event]] = []
         self._submitted = 0  # items handed to the writer (for flush)
         self._finished = 0  # items the writer is done with
@@ -171,6 +284,7 @@ class AuditPipeline:
         self._failing = False
         self._last_error = ""
         self._written = self._retried = self._failed = self._rejected = 0
+        self._batches = self._wakeups = 0
         self._listeners: list[AuditListener] = []
         self._listeners_dropped = 0
         self._lost_at_close = 0
@@ -210,20 +324,76 @@ class AuditPipeline:
             return self._reject(decision_id, f"record cannot be encoded: {exc}")
         is_record = record.get("kind") in RECORD_KINDS
         with self._cond:
-            if self._closing:
-                error = "audit pipeline is closed"
-            elif self._failing and self.mode is DeliveryMode.ASYNC and not self.fail_open:
-                error = f"audit sink failing: {self._last_error}"
-            elif len(self._items) >= self.config.queue_size:
-                error = "audit queue full"
-            else:
+            error = self._refusal(1)
+            if not error:
                 ticket = Ticket(decision_id, accepted=True)
-                self._items.append(_Item(ticket, body, is_record))
-                self._submitted += 1
-                self._cond.notify()
+                self._queue([(ticket, 0, body, None, is_record)])
                 return ticket
             self._rejected += 1
         return Ticket(decision_id, accepted=False, error=error)
+
+    def submit_all(self, entries: Sequence[Any], render: Callable[[Any], dict[str, Any]]) -> Commit:
+        """Queues several records at once, in order, all or none; never blocks on I/O.
+
+        An entry that is a ``dict`` is a record (from ``build_*_record``), encoded here;
+        one that cannot be encoded is refused alone (its flag is False). Any other entry
+        is kept as is and ``render(entry)`` builds its decision or refusal record on the
+        writer thread: the caller must not change it afterwards. A record that cannot be
+        built there is logged and counted ``failed``.
+        """
+        commit = Commit(len(entries))
+        items: list[_Item] = []
+        refused = 0
+        # Backpressure: when the writer falls behind, submitters build their records
+        # themselves (as they would without deferral), which also slows them down.
+        build_here = len(self._items) >= self._help_at
+        for index, entry in enumerate(entries):
+            if type(entry) is dict or build_here:
+                try:
+                    record = entry if type(entry) is dict else render(entry)
+                    body = encode_body(record)
+                except Exception as exc:  # TypeError, ValueError: not JSON; others: a bug
+                    log.error("audit record cannot be encoded: %s: %s", type(exc).__name__, exc)
+                    commit._refuse(index, f"record cannot be encoded: {exc}")
+                    refused += 1
+                    continue
+                items.append((commit, index, body, None, record.get("kind") in RECORD_KINDS))
+            else:
+                items.append((commit, index, entry, render, True))
+        with self._cond:
+            self._rejected += refused
+            if not items:
+                return commit
+            error = self._refusal(len(items))
+            if not error:
+                self._queue(items)
+                return commit
+            self._rejected += len(items)
+        commit._reject(error)
+        return commit
+
+    def _refusal(self, count: int) -> str:
+        """Why ``count`` more records cannot be queued now ("" if they can). Under _cond."""
+        if self._closing:
+            return "audit pipeline is closed"
+        if self._failing and not self._durable and not self.config.fail_open:
+            return f"audit sink failing: {self._last_error}"
+        if len(self._items) + count > self.config.queue_size:
+            return "audit queue full"
+        return ""
+
+    def _queue(self, items: list[_Item]) -> None:
+        """Under _cond. Wakes the writer only when it has something to do now: in sync
+        mode always; in async mode for the first record after an idle spell (it then
+        lingers) and when enough are waiting. Under steady load nobody notifies: the
+        writer wakes once per ``async_linger_s`` and takes everything."""
+        queue = self._items
+        queue.extend(items)
+        self._submitted += len(items)
+        waits = self._writer_waits
+        if waits and (waits == _IDLE or len(queue) >= self._wake_at):
+            self._writer_waits = 0
+            self._cond.notify()
 
     def _reject(self, decision_id: str, error: str) -> Ticket:
         with self._cond:
@@ -275,6 +445,8 @@ class AuditPipeline:
             failed=self._failed,
             rejected=rejected,
             queued=queued,
+            batches=self._batches,
+            wakeups=self._wakeups,
             listeners_dropped=self._listeners_dropped,
             healthy=self.healthy,
             last_error=self._last_error,
@@ -288,6 +460,7 @@ class AuditPipeline:
                 done.set()
             else:
                 self._flushes.append((self._submitted, done))
+                self._kicked = True
                 self._cond.notify()
         return done.wait(timeout)
 
@@ -331,26 +504,56 @@ class AuditPipeline:
             self._started.set()
             self._resolve_flushes()
 
+    def _take(self, next_due: float) -> tuple[list[_Item], bool]:
+        """Waits until there is work, then takes up to ``max_batch`` queued records.
+
+        Sync mode: as soon as anything is queued. Async mode: ``async_linger_s`` after
+        the first record was seen, or once ``_wake_at`` are waiting, or while a flush
+        waits. Either way no later than ``next_due`` (periodic duties), at a flush or at
+        close.
+        """
+        config = self.config
+        first_seen = 0.0
+        with self._cond:
+            while not self._closing and not self._kicked:
+                now = time.monotonic()
+                if self._items:
+                    if self._durable or len(self._items) >= self._wake_at or self._flushes:
+                        break
+                    if not first_seen:
+                        first_seen = now
+                    until = min(first_seen + config.async_linger_s, next_due)
+                    waits = _LINGER
+                else:
+                    first_seen = 0.0
+                    until = next_due
+                    waits = _IDLE
+                if until <= now:
+                    break
+                self._writer_waits = waits
+                self._cond.wait(until - now)
+                self._writer_waits = 0
+            self._kicked = False
+            count = min(len(self._items), config.max_batch)
+            popleft = self._items.popleft
+            return [popleft() for _ in range(count)], self._closing
+
     def _loop(self) -> None:
         config = self.config
-        durable = config.mode is DeliveryMode.SYNC
+        durable = self._durable
         last_tick = last_sync = time.monotonic()
         probe_delay = config.retry_initial_s
         next_probe = last_tick + probe_delay
         self._duty(self.sink.open)
         self._started.set()
         while True:
-            with self._cond:
-                if not self._items and not self._closing:
-                    next_due = min(
-                        last_tick + config.tick_s, last_sync + config.async_flush_interval_s
-                    )
-                    if self._failing:
-                        next_due = min(next_due, next_probe)
-                    self._cond.wait(max(0.0, next_due - time.monotonic()))
-                count = min(len(self._items), config.max_batch)
-                batch = [self._items.popleft() for _ in range(count)]
-                closing = self._closing
+            next_due = last_tick + config.tick_s
+            if not durable:  # sync mode syncs every batch; last_sync stays put
+                next_due = min(next_due, last_sync + config.async_flush_interval_s)
+            if self._failing:
+                next_due = min(next_due, next_probe)
+            batch, closing = self._take(next_due)
+            self._wakeups += 1
             if batch:
                 self._write(batch, durable)
                 self._resolve_flushes()
@@ -395,11 +598,33 @@ class AuditPipeline:
             log.error("audit log write failed: %s", error)
         self._failing, self._last_error = True, error
 
+    def _render(self, batch: list[_Item]) -> tuple[list[_Item], list[bytes]]:
+        """The batch's encoded bodies, building the records submitted unbuilt; a record
+        that cannot be built fails alone."""
+        kept: list[_Item] = []
+        bodies: list[bytes] = []
+        for item in batch:
+            render = item[3]
+            if render is None:
+                bodies.append(item[2])
+            else:
+                try:
+                    bodies.append(encode_record(render(item[2])))
+                except Exception as exc:
+                    log.exception("audit record cannot be built; it is not written")
+                    self._fail([item], f"record cannot be built: {type(exc).__name__}: {exc}")
+                    continue
+            kept.append(item)
+        return kept, bodies
+
     def _write(self, batch: list[_Item], durable: bool) -> None:
+        batch, bodies = self._render(batch)
+        if not batch:
+            return
         delay = self.config.retry_initial_s
         while True:
             try:
-                sealed = self.sink.append([item.body for item in batch], durable=durable)
+                sealed = self.sink.append(bodies, durable=durable)
             except OSError as exc:
                 self._note_error(f"{type(exc).__name__}: {exc}")
                 if durable or time.monotonic() + delay > self._close_deadline:
@@ -416,8 +641,9 @@ class AuditPipeline:
         self._failing = False
         self._written += len(batch)
         self._finished += len(batch)
-        for item, line in zip(batch, sealed, strict=True):
-            item.ticket._resolve(True, seq=line.seq)
+        self._batches += 1
+        for (waiter, index, _, _, _), line in zip(batch, sealed, strict=True):
+            waiter._settle(index, True, "", line.seq)
         self._publish(batch, sealed)
         self._after_commit()
 
@@ -431,8 +657,8 @@ class AuditPipeline:
     def _fail(self, batch: list[_Item], error: str) -> None:
         self._failed += len(batch)
         self._finished += len(batch)
-        for item in batch:
-            item.ticket._resolve(False, error=error)
+        for waiter, index, _, _, _ in batch:
+            waiter._settle(index, False, error, None)
         if self._closing and batch:
             self._lost_at_close += len(batch)
             log.error("%d audit records could not be written before shutdown", len(batch))
@@ -441,12 +667,12 @@ class AuditPipeline:
         listeners = self._listeners
         if not listeners:
             return
-        for item, line in zip(batch, sealed, strict=True):
-            if not item.is_record:
-                continue
-            for listener in listeners:
-                if not listener.offer(line.line) and listener.dropped:
-                    self._drop_listener(listener)
+        lines = [line.line for item, line in zip(batch, sealed, strict=True) if item[4]]
+        if not lines:
+            return
+        for listener in listeners:
+            if not listener.offer_all(lines) and listener.dropped:
+                self._drop_listener(listener)
 
     def _drop_listener(self, listener: AuditListener) -> None:
         with self._cond:

@@ -1,9 +1,18 @@
 """The adapter the gRPC service calls: ``pdp.service.sink.DecisionSink`` over an :class:`Audit`.
 
-The service hands over the decisions of one RPC and waits; this sink submits them all
-(one group commit in sync mode) and reports, per decision, whether its record is durable
-(sync) or accepted (async). A False makes the service answer ``audit_unavailable``.
-With ``fail_open`` every flag is True and failures are only logged and counted.
+The service hands over the decisions of one RPC (or of several coalesced ones) and
+waits; this sink submits them all at once (one group commit in sync mode) and reports,
+per decision, whether its record is durable (sync) or accepted (async). A False makes
+the service answer ``audit_unavailable``. With ``fail_open`` every flag is True and
+failures are only logged and counted.
+
+The decision path only queues the events: the pipeline's writer thread builds the
+records (redaction, JSON, hash) from them, many per wake-up. Events are frozen and the
+service does not touch their request afterwards. A request that could not be parsed is
+the exception: its data is recorded as received and may hold values JSON cannot
+(NaN), so its record is built and encoded here, and refused alone if it cannot be.
+In async mode :meth:`AuditDecisionSink.record_decisions` never waits (``blocks`` is
+False), so the service may call it from its event loop.
 
 The event types are matched structurally (no import of ``pdp.service``), so the data
 keeps flowing one way: service -> audit.
@@ -14,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pdp.audit.config import Audit
@@ -61,53 +71,74 @@ class AuditDecisionSink:
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
+        self._instance_id = audit.instance_id
+        self._redactor = audit.redactor
+
+    @property
+    def blocks(self) -> bool:
+        """True when ``record_decisions`` waits for the disk (sync mode)."""
+        return self.audit.pipeline.mode is DeliveryMode.SYNC
 
     def record_decisions(
         self, events: Sequence[DecisionEventLike], timeout: float | None
     ) -> Sequence[bool]:
-        audit, pipeline = self.audit, self.audit.pipeline
-        tickets = [
-            pipeline.submit(
-                build_decision_record(
-                    event.decision_id,
-                    event.request if event.request is not None else event.data,
-                    event.decision,
-                    event.caller,
-                    event.latency_us,
-                    audit.instance_id,
-                    audit.redactor,
-                    getattr(event, "shadow", None),
-                    method=event.method,
-                )
-            )
+        pipeline = self.audit.pipeline
+        stamp = time.time()  # when the decisions were made: now, not when written
+        entries: list[Any] = [
+            (event, stamp) if event.request is not None else self._decision_record((event, stamp))
             for event in events
         ]
-        if pipeline.mode is DeliveryMode.SYNC:
+        commit = pipeline.submit_all(entries, self._decision_record)
+        if not commit.accepted:
+            flags = [False] * len(entries)
+        elif pipeline.mode is DeliveryMode.SYNC:
             limit = pipeline.config.sync_timeout_s
-            wait = limit if timeout is None else min(timeout, limit)
-            deadline = time.monotonic() + wait
-            flags = [t.wait(max(0.0, deadline - time.monotonic())) for t in tickets]
+            commit.wait(limit if timeout is None else min(timeout, limit))
+            flags = commit.flags
+        elif not commit.refused:
+            return [True] * len(entries)  # async: queued is enough
         else:
-            flags = [t.accepted for t in tickets]
+            flags = [True] * len(entries)
+            for index in commit.refused:
+                flags[index] = False
         if all(flags):
             return flags
-        for ticket, ok in zip(tickets, flags, strict=True):
+        reason = commit.error or "timed out waiting for the audit log"
+        for event, ok in zip(events, flags, strict=True):
             if not ok:
-                reason = ticket.error or "timed out waiting for the audit log"
-                log.warning("audit record %s not durable: %s", ticket.decision_id, reason)
+                log.warning("audit record %s not durable: %s", event.decision_id, reason)
         return [True] * len(flags) if pipeline.fail_open else flags
 
+    def _decision_record(self, entry: tuple[DecisionEventLike, float]) -> dict[str, Any]:
+        event, stamp = entry
+        return build_decision_record(
+            event.decision_id,
+            event.request if event.request is not None else event.data,
+            event.decision,
+            event.caller,
+            event.latency_us,
+            self._instance_id,
+            self._redactor,
+            getattr(event, "shadow", None),
+            time=datetime.fromtimestamp(stamp, UTC),
+            method=event.method,
+        )
+
     def record_refusal(self, event: RefusalEventLike) -> None:
-        record = build_refusal_record(
+        commit = self.audit.pipeline.submit_all([(event, time.time())], self._refusal_record)
+        if not commit.accepted:  # never blocks
+            log.warning("refusal %s not recorded: %s", event.refusal_id, commit.error)
+
+    def _refusal_record(self, entry: tuple[RefusalEventLike, float]) -> dict[str, Any]:
+        event, stamp = entry
+        return build_refusal_record(
             event.refusal_id,
             str(event.code),
             event.message,
             caller=event.caller,
-            instance_id=self.audit.instance_id,
-            redactor=self.audit.redactor,
+            instance_id=self._instance_id,
+            redactor=self._redactor,
             method=event.method,
             peer=event.peer,
+            time=datetime.fromtimestamp(stamp, UTC),
         )
-        ticket = self.audit.pipeline.submit(record)  # never blocks
-        if not ticket.accepted:
-            log.warning("refusal %s not recorded: %s", event.refusal_id, ticket.error)

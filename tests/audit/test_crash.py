@@ -1,4 +1,8 @@
-"""kill -9 of a process writing in sync mode: every completed ticket is in the file."""
+"""kill -9 of a process writing in sync mode: every completed ticket is in the file.
+
+Twice: records built by the submitters (``AuditPipeline.submit``), and records built by
+the writer from the service's decision events (``AuditDecisionSink``, group commit).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from pdp.audit import load_public_key, verify_files
 from pdp.audit.chain import list_log_files
@@ -54,11 +60,53 @@ WRITER = textwrap.dedent(
     """
 )
 
+# The service's path: decision events handed over per call; the writer builds the records.
+# Its batches are larger, so checkpoints are rare here: the kill must hit an open chain.
+SINK_WRITER = textwrap.dedent(
+    """
+    import sys, threading
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from pdp.audit import (Audit, AuditConfig, AuditDecisionSink, FileSinkConfig,
+                           PipelineConfig, new_decision_id)
+    from pdp.model import Caller, Decision, Effect, Reason, Request
+    from pdp.service.sink import DecisionEvent
 
-def test_kill_9_while_writing_in_sync_mode(tmp_path: Path) -> None:
+    audit = Audit(AuditConfig(FileSinkConfig(Path(sys.argv[1]), checkpoint_every=100000),
+                              instance_id="crasher", pipeline=PipelineConfig()))
+    sink = AuditDecisionSink(audit)
+    caller = Caller("spiffe://example.org/gw", "01", "example.org")
+    decision = Decision(Effect.ALLOW, (Reason("p", "ok"),), "v1")
+    out = threading.Lock()
+
+    def work(n):
+        while True:
+            events = [
+                DecisionEvent(new_decision_id(), "/pdp.v1.DecisionService/CheckBatch", caller,
+                              {}, Request("spiffe://example.org/agent/a", "files", "read",
+                                          {"path": f"/t/{n}", "token": "planted-crash-token"},
+                                          datetime.now(UTC)), decision, 5)
+                for _ in range(1 + n)
+            ]
+            flags = sink.record_decisions(events, timeout=5.0)
+            with out:  # the client saw these answers: their records must already be durable
+                for event, ok in zip(events, flags):
+                    if ok:
+                        sys.stdout.write(event.decision_id + "\\n")
+                sys.stdout.flush()
+
+    for n in range(4):
+        threading.Thread(target=work, args=(n,), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.parametrize("script", [WRITER, SINK_WRITER], ids=["submit", "sink"])
+def test_kill_9_while_writing_in_sync_mode(tmp_path: Path, script: str) -> None:
     log_dir = tmp_path / "log"
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(log_dir)],
+        [sys.executable, "-c", script, str(log_dir)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
