@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -90,6 +91,7 @@ class _Outgoing:
     line: ChainLine
 
 
+@functools.lru_cache(maxsize=64)  # one instance id per line shipped: compute it once
 def subject_token(text: str) -> str:
     """``text`` as one NATS subject token (no dots, wildcards or spaces)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
@@ -189,7 +191,7 @@ class LogTail:
                 for raw in data[: end + 1].splitlines(keepends=True):
                     offset += len(raw)
                     try:
-                        line = parse_line(raw.rstrip(b"\n"))
+                        line = parse_line(raw.rstrip(b"\n"), strict=False)
                     except ChainError as exc:
                         self.skipped += 1
                         log.error("audit shipper skips %s at offset %d: %s", name, offset, exc)
@@ -339,14 +341,16 @@ class NatsShipper:
         self._wake = asyncio.Event()
         delay = self.config.backoff_initial_s
         nc: NatsClient | None = None
+        js: JetStreamContext | None = None
         stream_ready = False
         try:
             while not self._stopping:
                 try:
-                    if nc is None or nc.is_closed:
+                    if nc is None or js is None or nc.is_closed:
                         nc = await self._connect()
+                        # One context per connection: it subscribes once for its acks.
+                        js = nc.jetstream(timeout=self.config.ack_timeout_s)
                         stream_ready = False
-                    js = nc.jetstream(timeout=self.config.ack_timeout_s)
                     if not stream_ready:
                         await self._ensure_stream(js)
                         stream_ready = True
@@ -449,35 +453,44 @@ class NatsShipper:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
                 continue
-            results = await asyncio.gather(
-                *(
-                    js.publish(
+            # publish_async: one ack future per line, no task and no timer each (cheaper
+            # than gathering js.publish calls); one timeout for the whole batch.
+            pending: list[asyncio.Future[PubAck]] = []
+            try:
+                for item in batch:
+                    ack = await js.publish_async(
                         f"{subject_prefix}.{_instance_token(item.line)}",
                         item.payload,
-                        timeout=self.config.ack_timeout_s,
                         headers={
                             HEADER_MSG_ID: message_id(item.line),
                             HEADER_SEQ: str(item.line.seq),
                             HEADER_KIND: item.line.kind,
                         },
                     )
-                    for item in batch
-                ),
-                return_exceptions=True,
-            )
+                    pending.append(ack)
+            except BaseException:
+                for ack in pending:
+                    ack.cancel()  # frees the slots; these lines are published again
+                raise
+            _, late = await asyncio.wait(pending, timeout=self.config.ack_timeout_s)
+            for future in late:
+                future.cancel()  # releases its slot; the line is published again
             acked = 0
-            for result in results:
-                if not isinstance(result, PubAck):
+            for future in pending:
+                if future.cancelled() or future.exception() is not None:
                     break
                 acked += 1
-                if result.duplicate:
+                if future.result().duplicate:
                     self._duplicates += 1
             if acked:
                 self._acked = batch[acked - 1].end
                 self._shipped += acked
                 self._save_position(self._acked)
             if acked < len(batch):
-                error = results[acked]
-                raise error if isinstance(error, Exception) else RuntimeError(str(error))
+                failed = pending[acked]
+                if failed.cancelled():
+                    raise TimeoutError(f"no JetStream ack within {self.config.ack_timeout_s:g} s")
+                error = failed.exception()
+                raise error if error is not None else RuntimeError("publish failed")
             if self._stopping and time.monotonic() > self._stop_deadline:
                 return
