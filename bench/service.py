@@ -1,35 +1,56 @@
-"""The decision service over loopback mTLS against the engine in-process, same run.
+"""What the audit stream costs the decision service: audit off, file async, file sync, NATS.
 
-    .venv/bin/python bench/service.py [--seconds 6] [--clients 2] [--threads 4] [--batch 64]
-                                      [--no-aio]
+    .venv/bin/python bench/service.py [--seconds 1] [--rounds 4] [--batch-rounds 2]
+                                      [--batch 64] [--modes off,async,sync,nats]
+                                      [--baseline-src DIR] [--json]
 
-Starts ``pdp serve`` (the grpc sync server) as a subprocess on the example policies
-with a dev CA, loads it from ``--clients`` client processes with ``--threads`` threads
-each (one mTLS channel per process), and prints decisions/s and per-call p50/p99 for
-``Check`` and ``CheckBatch``, beside the engine's in-process decisions/s for the same
-request (``Engine.decide_json`` one by one, ``Engine.decide_batch``), and the ratios.
-Then, unless ``--no-aio``, the same through a ``grpc.aio`` server built from the same
-pdp.service parts (authentication, rate limit, decision core), to compare the two.
+Starts one ``pdp serve`` subprocess per audit mode, all in the same run, on the same
+10-policy set and request as bench/compare.py (dev CA, loopback mTLS):
 
-Client and server share the machine (2 cores here), so absolute figures understate a
-server with cores of its own; the ratios are what to compare. Default run < 60 s.
+- ``off``:   ``--no-audit``
+- ``async``: the file log, ``--audit-mode async`` (the default)
+- ``sync``:  the file log, ``--audit-mode sync`` (no answer before its record is on disk)
+- ``nats``:  file async plus ``--nats`` to a real ``nats-server -js`` started here on a
+  free loopback port with its own store dir
+
+and loads each with h2load (``-c 4 -m 16`` for ``Check``, ``-m 4`` for ``CheckBatch``;
+pre-encoded gRPC bodies, client certificate through bench/h2load_client_cert.c; the
+helpers come from bench/compare.py): a Python client would take the 2 cores of this
+machine from the server. Each load is about ``--seconds`` long; ``off`` is loaded
+before the first mode and after every mode (off, async, off, sync, off, nats, off; the
+order of the modes rotates), ``--rounds`` times for ``Check`` and ``--batch-rounds``
+times for ``CheckBatch``. A mode's ratio is its decisions/s over the mean of the two
+``off`` loads around it, so that load from elsewhere on a shared machine hits both
+sides alike; the figure printed is the median over the rounds. After each load the
+bench waits until the server (and nats-server) is idle again, so no mode pays for
+another's backlog; the server CPU per decision counts that tail (the writer and the
+shipper catching up). Printed: median decisions/s, p50/p99, server CPU per decision and
+the ratio to ``off``; beside them the engine in-process (``decide_json``,
+``decide_batch``).
+
+``--baseline-src DIR`` also runs every mode from another source tree (say a git worktree
+of an earlier commit; ``PYTHONPATH=DIR``), as rows ``<mode>@base``, in the same run: a
+before/after comparison with ratios to this tree's ``off``.
+
+h2load only sees HTTP status, and a fail-closed answer (``audit_unavailable``) is a fast
+deny: so after the load every server is stopped and its log is checked with
+``pdp audit verify --require-sealed``; it must hold exactly one decision record per
+decision answered, and the NATS stream every line of the log. A mode that failed closed
+under load shows there (exit status 1) instead of looking fast. Default run < 90 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,207 +58,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import pdp.service  # noqa: E402, F401  (sets grpc's TLS 1.2 cipher list before grpc loads)
+from bench.compare import (  # noqa: E402
+    ensure_h2load,
+    ensure_shim,
+    free_port,
+    grpc_frame,
+    h2load,
+    pdp_policies,
+    pdp_request,
+    rss_mb,
+    wait_ready,
+)
 
-REQUEST_FILE = REPO / "policies" / "examples" / "requests" / "support-get-ticket.json"
-CALLER_PATTERN = "spiffe://pdp.dev/gateway/*"
-AGENTS = ["spiffe://acme.test/*", "spiffe://partner.test/*"]
-
-
-# --- servers ------------------------------------------------------------------------
-
-
-def write_config(work: Path, state: Path, server_threads: int | None) -> Path:
-    config = work / "pdp.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "listen": "127.0.0.1:0",
-                "policies": str(REPO / "policies"),
-                "identity": {"source": "dev", "state_dir": str(state)},
-                "callers": [{"id": CALLER_PATTERN, "agents": AGENTS}],
-                "rate_limit": {"enabled": False},
-                "limits": {"max_batch": 1024},
-                "server": {"threads": server_threads} if server_threads else {},
-            }
-        )
-    )
-    return config
-
-
-def start_server(command: list[str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if "listening on " in line:
-            address = line.split("listening on ", 1)[1].split()[0]
-            # Keep draining stdout so the server never blocks on a full pipe.
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, address
-    process.kill()
-    raise RuntimeError(f"server did not start: {command}")
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def serve_aio(config_file: str) -> None:
-    """A grpc.aio server with the same parts as DecisionServer (bench only)."""
-    import grpc
-
-    from pdp._proto.pdp.v1 import decision_pb2 as pb
-    from pdp.audit.ids import new_decision_id
-    from pdp.engine import Engine, load_policies
-    from pdp.identity.peer import PeerVerifier
-    from pdp.service import load_config, open_identity
-    from pdp.service.gate import CallerGate, CallerPolicy, RateLimiter, Refused
-    from pdp.service.servicer import SERVICE_NAME, DecisionCore, FixedEngine
-    from pdp.service.sink import NullSink
-    from pdp.service.tls import RotatingServerCredentials
-
-    config = load_config(config_file)
-    engine = Engine(load_policies(config.policies), config.limits.request)
-    identity = open_identity(config.identity)
-    credentials = RotatingServerCredentials(identity)
-    gate = CallerGate(
-        PeerVerifier(lambda: identity.current().bundles), CallerPolicy(config.callers)
-    )
-    limiter = RateLimiter(config.rate_limit)
-    core = DecisionCore(FixedEngine(engine), NullSink(), new_id=new_decision_id)
-
-    async def admit(context: Any, cost: int) -> Any:
-        try:
-            grant = gate.admit(context.auth_context())
-        except Refused as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
-        if not limiter.take(grant.caller.spiffe_id, cost):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limited")
-        return grant
-
-    async def check(data: bytes, context: Any) -> Any:
-        started = time.perf_counter_ns()
-        grant = await admit(context, 1)
-        return core.decide((data,), grant, method="Check", started_ns=started, timeout=None)[0]
-
-    async def check_batch(data: bytes, context: Any) -> Any:
-        started = time.perf_counter_ns()
-        batch = pb.CheckBatchRequest.FromString(data)
-        grant = await admit(context, len(batch.requests))
-        responses = core.decide(
-            batch.requests, grant, method="CheckBatch", started_ns=started, timeout=None
-        )
-        return pb.CheckBatchResponse(responses=responses)
-
-    async def main() -> None:
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", config.limits.max_message_bytes)]
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE_NAME,
-                    {
-                        "Check": grpc.unary_unary_rpc_method_handler(
-                            check, response_serializer=pb.CheckResponse.SerializeToString
-                        ),
-                        "CheckBatch": grpc.unary_unary_rpc_method_handler(
-                            check_batch,
-                            response_serializer=pb.CheckBatchResponse.SerializeToString,
-                        ),
-                    },
-                ),
-            )
-        )
-        port = server.add_secure_port(config.listen, credentials.server_credentials())
-        await server.start()
-        print(f"aio: listening on 127.0.0.1:{port}", flush=True)
-        await server.wait_for_termination()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
-
-
-# --- load -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    address: str
-    state: str
-    method: str  # "Check" | "CheckBatch"
-    batch: int
-    threads: int
-    start_at: float  # wall-clock time.time() at which every client starts measuring
-    seconds: float
-
-
-def client_process(spec: LoadSpec, results: Any) -> None:
-    """Runs in a child process: ``threads`` threads, one channel, closed loop."""
-    import grpc
-    from google.protobuf import json_format
-
-    from pdp._proto.pdp.v1 import decision_pb2 as pb
-
-    state = Path(spec.state)
-    credentials = grpc.ssl_channel_credentials(
-        (state / "bundle.pem").read_bytes(),
-        (state / "gateway.key").read_bytes(),
-        (state / "gateway.pem").read_bytes(),
-    )
-    single = json_format.Parse(REQUEST_FILE.read_text(), pb.CheckRequest())
-    if spec.method == "Check":
-        payload = single.SerializeToString()
-        decode: Any = pb.CheckResponse.FromString
-    else:
-        payload = pb.CheckBatchRequest(requests=[single] * spec.batch).SerializeToString()
-        decode = pb.CheckBatchResponse.FromString
-    per_call = 1 if spec.method == "Check" else spec.batch
-    with grpc.secure_channel(spec.address, credentials) as channel:
-        call = channel.unary_unary(
-            f"/pdp.v1.DecisionService/{spec.method}",
-            request_serializer=lambda b: b,
-            response_deserializer=decode,
-        )
-        call(payload, timeout=30)  # connect and check once
-        # Load from now on (warm-up); measure in the common window.
-        start = time.monotonic() + (spec.start_at - time.time())
-        end = start + spec.seconds
-        latencies: list[list[float]] = [[] for _ in range(spec.threads)]
-        errors = [0] * spec.threads
-
-        def loop(index: int) -> None:
-            mine = latencies[index]
-            while True:
-                before = time.monotonic()
-                if before >= end:
-                    return
-                try:
-                    call(payload, timeout=30)
-                except grpc.RpcError:
-                    errors[index] += 1
-                    continue
-                if before >= start:
-                    mine.append(time.monotonic() - before)
-
-        workers = [threading.Thread(target=loop, args=(i,)) for i in range(spec.threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-    merged = [x for per_thread in latencies for x in per_thread]
-    results.put({"latencies": merged, "errors": sum(errors), "per_call": per_call})
+PYTHON = REPO / ".venv" / "bin" / "python"
+NATS_SERVER = "/usr/sbin/nats-server"
+POLICIES = 10
+MODES = ("off", "async", "sync", "nats")
+CONNECTIONS, STREAMS, BATCH_STREAMS = 4, 16, 4
 
 
 def cpu_seconds(pid: int) -> float:
@@ -246,46 +83,206 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_load(spec: LoadSpec, clients: int, server_pid: int) -> dict[str, float]:
-    context = multiprocessing.get_context("spawn")  # no grpc state inherited by fork
-    results = context.Queue()
-    processes = [
-        context.Process(target=client_process, args=(spec, results)) for _ in range(clients)
-    ]
-    for process in processes:
-        process.start()
-    time.sleep(max(0.0, spec.start_at - time.time()))
-    cpu_before = cpu_seconds(server_pid)
-    time.sleep(spec.seconds)
-    server_cpu = cpu_seconds(server_pid) - cpu_before
-    collected = [results.get(timeout=spec.seconds + 120) for _ in processes]
-    for process in processes:
-        process.join(30)
-    latencies = sorted(x for c in collected for x in c["latencies"])
-    calls = len(latencies)
-    per_call = collected[0]["per_call"]
+# --- servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class NatsServer:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    @classmethod
+    def start(cls, store: Path) -> NatsServer:
+        port = free_port()
+        process = subprocess.Popen(
+            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("nats-server exited at start")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return cls(process, f"nats://127.0.0.1:{port}")
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        raise RuntimeError("nats-server did not start listening")
+
+    def stream_messages(self, stream: str = "PDP_AUDIT") -> int:
+        import asyncio
+
+        import nats
+
+        async def count() -> int:
+            nc = await nats.connect(self.url)
+            try:
+                info = await nc.jetstream().stream_info(stream)
+                return int(info.state.messages)
+            finally:
+                await nc.close()
+
+        return asyncio.run(count())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@dataclass
+class Pdp:
+    name: str  # mode, or mode@base
+    mode: str
+    process: subprocess.Popen[bytes]
+    port: int
+    audit_dir: Path | None
+    nats: NatsServer | None = None  # its own nats-server (nats mode)
+    sent: int = 0  # decisions answered (readiness checks, warm-up and load)
+    rate: dict[str, float] = field(default_factory=dict)  # last calls/s per method
+    rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    exit_code: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/pdp.v1.DecisionService/"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.exit_code = self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.exit_code = self.process.wait(5)
+
+
+def write_config(work: Path, policies: Path, state: Path) -> Path:
+    config = work / "pdp.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "policies": str(policies),
+                "identity": {"source": "dev", "state_dir": str(state)},
+                "callers": [
+                    {"id": "spiffe://pdp.dev/gateway/*", "agents": ["spiffe://acme.test/*"]}
+                ],
+                "rate_limit": {"enabled": False},
+            }
+        )
+    )
+    return config
+
+
+def start_pdp(name: str, mode: str, work: Path, config: Path, source: Path | None) -> Pdp:
+    home = work / name  # its own cwd: the policy archive (.pdp-state) lands there
+    home.mkdir()
+    port = free_port()
+    command = [str(PYTHON), "-m", "pdp.cli", "serve", "--config", str(config)]
+    command += ["--listen", f"127.0.0.1:{port}"]
+    audit_dir: Path | None = home / "audit"
+    nats = None
+    if mode == "off":
+        command.append("--no-audit")
+        audit_dir = None
+    else:
+        command += ["--audit-dir", str(audit_dir)]
+        command += ["--audit-mode", "sync" if mode == "sync" else "async"]
+    if mode == "nats":
+        nats = NatsServer.start(home / "nats-store")
+        command += ["--nats", nats.url]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(source or REPO)
+    process = subprocess.Popen(
+        command, cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return Pdp(name, mode, process, port, audit_dir, nats)
+
+
+def check_answers(server: Pdp, state: Path) -> None:
+    """Waits until the server allows the request with intent; it must deny without."""
+    import grpc
+    from google.protobuf import json_format
+
+    from pdp._proto.pdp.v1 import decision_pb2 as pb
+
+    credentials = grpc.ssl_channel_credentials(
+        (state / "bundle.pem").read_bytes(),
+        (state / "gateway.key").read_bytes(),
+        (state / "gateway.pem").read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{server.port}", credentials) as channel:
+        check = channel.unary_unary(
+            "/pdp.v1.DecisionService/Check",
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+
+        def answer(intent: bool) -> int:
+            message = json_format.ParseDict(pdp_request(POLICIES, intent), pb.CheckRequest())
+            decision = int(check(message, timeout=5).decision)
+            server.sent += 1
+            return decision
+
+        wait_ready(lambda: answer(True) == pb.DECISION_ALLOW, server.process)
+        if answer(False) != pb.DECISION_DENY:
+            raise RuntimeError(f"{server.name}: a request without intent must be denied")
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def settle(pids: list[int], timeout: float = 10.0) -> None:
+    """Waits until the processes use under 10 % of a core (say a writer or shipper
+    catching up after the load), so that the next load has the machine to itself."""
+    deadline = time.monotonic() + timeout
+    before = sum(cpu_seconds(pid) for pid in pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = sum(cpu_seconds(pid) for pid in pids)
+        if now - before <= 0.02 * len(pids):
+            return
+        before = now
+
+
+def load(
+    tools: dict[str, Any],
+    server: Pdp,
+    method: str,
+    body: bytes,
+    per_call: int,
+    seconds: float,
+    others: list[int],
+) -> dict[str, float]:
+    streams = STREAMS if method == "Check" else BATCH_STREAMS
+    calls = max(200 if method == "Check" else 40, int(server.rate[method] * seconds))
+    cpu_before = cpu_seconds(server.process.pid)
+    result = h2load(
+        tools["h2"], tools["shim"], tools["state"], server.url + method, body, calls,
+        CONNECTIONS, streams,
+    )  # fmt: skip
+    settle([server.process.pid, *others])
+    cpu = cpu_seconds(server.process.pid) - cpu_before
+    server.sent += calls * per_call
+    server.rate[method] = result["rps"]
     return {
-        "decisions_per_s": calls * per_call / spec.seconds,
-        "calls_per_s": calls / spec.seconds,
-        "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
-        "p99_ms": latencies[int(0.99 * (calls - 1))] * 1000 if latencies else float("nan"),
-        "errors": float(sum(c["errors"] for c in collected)),
-        "server_cores": server_cpu / spec.seconds,
-        # What the server could do with one core of its own (clients share this machine).
-        "decisions_per_server_cpu_s": calls * per_call / server_cpu if server_cpu else 0.0,
+        "decisions_per_s": result["rps"] * per_call,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "cpu_us_per_decision": cpu * 1e6 / (calls * per_call),
     }
 
 
-# --- in-process ---------------------------------------------------------------------
-
-
-def in_process(seconds: float, batch: int) -> dict[str, float]:
+def in_process(policies: Path, seconds: float, batch: int) -> dict[str, float]:
     from pdp.engine import Engine, load_policies
     from pdp.model import parse_request
 
-    engine = Engine(load_policies(REPO / "policies"))
-    data = json.loads(REQUEST_FILE.read_text())
-    data["gateway"] = "spiffe://pdp.dev/gateway/dev"
+    engine = Engine(load_policies(policies))
+    data = {**pdp_request(POLICIES), "gateway": "spiffe://pdp.dev/gateway/dev"}
     now = datetime.now(UTC)
     requests = [parse_request(data, now=now)] * batch
 
@@ -293,8 +290,7 @@ def in_process(seconds: float, batch: int) -> dict[str, float]:
         for _ in range(20):
             call()
         count, started = 0, time.perf_counter()
-        deadline = started + seconds
-        while time.perf_counter() < deadline:
+        while time.perf_counter() - started < seconds:
             call()
             count += 1
         return count * per_call / (time.perf_counter() - started)
@@ -305,107 +301,185 @@ def in_process(seconds: float, batch: int) -> dict[str, float]:
     }
 
 
-# --- main ---------------------------------------------------------------------------
+# --- after the load: nothing lost ------------------------------------------------------
 
 
-def measure_server(
-    name: str, command: list[str], state: Path, args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
-    process, address = start_server(command)
-    try:
-        figures = {}
-        for method, batch in (("Check", 1), ("CheckBatch", args.batch)):
-            # Spawned clients need ~2 s to import and connect, then 1 s of warm-up.
-            start_at = time.time() + 3.0
-            spec = LoadSpec(
-                address, str(state), method, batch, args.threads, start_at, args.seconds
-            )
-            figures[method] = run_load(spec, args.clients, process.pid)
-            print(f"  {name:5} {method:10} done", file=sys.stderr, flush=True)
-        return figures
-    finally:
-        stop_server(process)
+def log_counts(audit_dir: Path) -> tuple[int, int]:
+    """(decision records, lines) in a log dir."""
+    records = lines = 0
+    for path in audit_dir.glob("audit-*.jsonl"):
+        data = path.read_bytes()
+        records += data.count(b'"kind":"decision"')
+        lines += data.count(b"\n")
+    return records, lines
+
+
+def audit_check(server: Pdp, shipped: int | None) -> tuple[bool, str]:
+    """``pdp audit verify`` on the stopped server's log: it must be sealed and hold
+    exactly the decisions answered; with NATS, the stream must hold every line."""
+    if server.audit_dir is None:
+        return True, "-"
+    command = [str(PYTHON), "-m", "pdp.cli", "audit", "verify", "--require-sealed"]
+    verify = subprocess.run(
+        [*command, str(server.audit_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    records, lines = log_counts(server.audit_dir)
+    if verify.returncode != 0:
+        return False, f"VERIFY FAILED: {(verify.stdout + verify.stderr).strip()[-300:]}"
+    if server.exit_code != 0:
+        return False, f"pdp serve exited with {server.exit_code}"
+    text = f"verified, sealed: {records} decision records for {server.sent} decisions"
+    ok = records == server.sent
+    if shipped is not None:
+        ok = ok and shipped == lines
+        text += f"; NATS stream: {shipped} messages for {lines} lines"
+    return ok, text + ("" if ok else "  << MISMATCH")
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured time per load")
-    parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per client process")
+    parser.add_argument("--modes", default=",".join(MODES), help="off is always measured")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one load")
+    parser.add_argument("--rounds", type=int, default=4, help="Check loads per mode")
+    parser.add_argument("--batch-rounds", type=int, default=2, help="CheckBatch loads per mode")
     parser.add_argument("--batch", type=int, default=64, help="requests per CheckBatch")
-    parser.add_argument(
-        "--server-threads", type=int, help="sync server thread pool (default: pdp's default)"
-    )
-    parser.add_argument("--no-aio", action="store_true", help="skip the grpc.aio comparison")
-    parser.add_argument("--serve-aio", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=1000, help="Check calls before measuring")
+    parser.add_argument("--baseline-src", type=Path, help="also run every mode from this tree")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    if args.serve_aio:
-        serve_aio(args.serve_aio)
-        return 0
+    modes = ["off", *(m for m in args.modes.split(",") if m and m != "off")]
+    if set(modes) - set(MODES):
+        parser.error(f"unknown modes: {sorted(set(modes) - set(MODES))}")
+    if args.baseline_src and not (args.baseline_src / "pdp" / "cli.py").exists():
+        parser.error(f"--baseline-src {args.baseline_src}: no pdp/cli.py there")
+    started = time.monotonic()
+    tools: dict[str, Any] = {"h2": ensure_h2load(), "shim": ensure_shim()}
+
+    from google.protobuf import json_format
+
+    from pdp._proto.pdp.v1 import decision_pb2 as pb
+    from pdp.identity.devca import ensure_dev_state
+
+    single = json_format.ParseDict(pdp_request(POLICIES), pb.CheckRequest())
+    bodies = {
+        "Check": (grpc_frame(single.SerializeToString()), 1),
+        "CheckBatch": (
+            grpc_frame(pb.CheckBatchRequest(requests=[single] * args.batch).SerializeToString()),
+            args.batch,
+        ),
+    }
+    variants: list[tuple[str, str, Path | None]] = [(m, m, None) for m in modes]
+    if args.baseline_src:
+        variants += [(f"{m}@base", m, args.baseline_src.resolve()) for m in modes]
 
     with tempfile.TemporaryDirectory(prefix="pdp-bench-") as scratch:
         work = Path(scratch)
-        state = work / "state"
-        from pdp.identity.devca import ensure_dev_state
-
+        tools["state"] = state = work / "state"
         ensure_dev_state(state)
-        config = write_config(work, state, args.server_threads)
-        engine_rates = in_process(min(args.seconds, 3.0), args.batch)
-        serve = [sys.executable, "-m", "pdp.cli", "serve", "--config", str(config)]
-        servers = {"sync": measure_server("sync", serve, state, args)}
-        if not args.no_aio:
-            servers["aio"] = measure_server(
-                "aio", [sys.executable, __file__, "--serve-aio", str(config)], state, args
-            )
+        policies = work / "policies"
+        pdp_policies(policies, POLICIES)
+        config = write_config(work, policies, state)
+        engine = in_process(policies, 1.5, args.batch)
 
-    in_flight = args.clients * args.threads
+        servers: dict[str, Pdp] = {}
+        try:
+            for name, mode, source in variants:
+                servers[name] = start_pdp(name, mode, work, config, source)
+            others = [s.nats.process.pid for s in servers.values() if s.nats]
+            for server in servers.values():
+                check_answers(server, state)
+                warm = h2load(
+                    tools["h2"], tools["shim"], state, server.url + "Check",
+                    bodies["Check"][0], args.warmup, CONNECTIONS, STREAMS,
+                )  # fmt: skip
+                server.sent += args.warmup
+                server.rate = {"Check": warm["rps"], "CheckBatch": warm["rps"] / args.batch * 4}
+                settle([server.process.pid, *others])
+            rss = {name: rss_mb(server.process.pid) for name, server in servers.items()}
+            others_names = [name for name in servers if name != "off"]
+            counts = {"Check": args.rounds, "CheckBatch": args.batch_rounds}
+            for round_ in range(max(counts.values())):
+                # off between every two modes: each mode is compared with the off loads
+                # just before and after it. The order rotates from round to round.
+                turn = round_ % len(others_names)
+                order = others_names[turn:] + others_names[:turn]
+                for method, count in counts.items():
+                    if round_ >= count:
+                        continue
+                    body, per_call = bodies[method]
+                    off = servers["off"]
+                    before = load(tools, off, method, body, per_call, args.seconds, others)
+                    off.rows.setdefault(method, []).append(before)
+                    for name in order:
+                        server = servers[name]
+                        row = load(tools, server, method, body, per_call, args.seconds, others)
+                        after = load(tools, off, method, body, per_call, args.seconds, others)
+                        off.rows[method].append(after)
+                        pair = (before["decisions_per_s"] + after["decisions_per_s"]) / 2
+                        row["ratio_to_off"] = row["decisions_per_s"] / pair
+                        server.rows.setdefault(method, []).append(row)
+                        before = after
+                print(f"  round {round_ + 1} done", file=sys.stderr, flush=True)
+            for server in servers.values():
+                server.stop()
+            checks: dict[str, tuple[bool, str]] = {}
+            for name, server in servers.items():
+                shipped = server.nats.stream_messages() if server.nats else None
+                checks[name] = audit_check(server, shipped)
+        finally:
+            for server in servers.values():
+                if server.exit_code is None:
+                    server.stop()
+                if server.nats:
+                    server.nats.stop()
+
     print(
-        f"\npdp decision service, loopback mTLS, example policies; {args.clients} client"
-        f" processes x {args.threads} threads ({in_flight} calls in flight),"
-        f" {args.seconds:g} s per row, CheckBatch of {args.batch}; os.cpu_count()={os.cpu_count()}"
+        f"\npdp serve, {POLICIES} policies, loopback mTLS, h2load -c {CONNECTIONS}; Check -m"
+        f" {STREAMS}, {args.rounds} loads per mode; CheckBatch of {args.batch} -m"
+        f" {BATCH_STREAMS}, {args.batch_rounds} loads; ~{args.seconds:g} s per load;"
+        f" os.cpu_count()={os.cpu_count()}"
     )
-    print(
-        f"\n{'':28}{'decisions/s':>12}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'errors':>8}{'server cores':>14}{'dec/server-cpu-s':>18}"
-    )
-    for name, figures in servers.items():
-        for method, row in figures.items():
+    figures: dict[str, Any] = {"engine": engine, "rss_mb": rss, "checks": checks}
+    for method in ("Check", "CheckBatch"):
+        print(
+            f"\n{method:22}{'decisions/s':>12}{'/ off':>7}{'p50 ms':>8}{'p99 ms':>8}"
+            f"{'server CPU us/decision':>24}"
+        )
+        for name, server in servers.items():
+            row = summary(server.rows[method])
+            row.setdefault("ratio_to_off", 1.0)
+            figures[f"{name} {method}"] = row
             print(
-                f"{name + ' ' + method:28}{row['decisions_per_s']:12,.0f}"
-                f"{row['calls_per_s']:10,.0f}{row['p50_ms']:9.2f}{row['p99_ms']:9.2f}"
-                f"{row['errors']:8.0f}{row['server_cores']:14.2f}"
-                f"{row['decisions_per_server_cpu_s']:18,.0f}"
+                f"  {name:20}{row['decisions_per_s']:12,.0f}{row['ratio_to_off']:7.2f}"
+                f"{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}{row['cpu_us_per_decision']:24.0f}"
             )
-    print(f"{'in-process decide_json':28}{engine_rates['decide_json']:12,.0f}")
-    print(f"{'in-process decide_batch':28}{engine_rates['decide_batch']:12,.0f}")
-
-    sync = servers["sync"]
-    print("\nratios")
+    off = summary(servers["off"].rows["Check"])["decisions_per_s"]
+    off_batch = summary(servers["off"].rows["CheckBatch"])["decisions_per_s"]
     print(
-        f"  sync Check / in-process decide_json:       "
-        f"{sync['Check']['decisions_per_s'] / engine_rates['decide_json']:.2f}"
+        f"\nin-process: decide_json {engine['decide_json']:,.0f}/s, decide_batch"
+        f" {engine['decide_batch']:,.0f}/s; off Check / decide_json"
+        f" {off / engine['decide_json']:.2f}, off CheckBatch / decide_batch"
+        f" {off_batch / engine['decide_batch']:.2f}"
     )
-    print(
-        f"  sync CheckBatch / in-process decide_batch: "
-        f"{sync['CheckBatch']['decisions_per_s'] / engine_rates['decide_batch']:.2f}"
-    )
-    print(
-        f"  sync CheckBatch / sync Check:              "
-        f"{sync['CheckBatch']['decisions_per_s'] / sync['Check']['decisions_per_s']:.2f}"
-    )
-    print(
-        f"  per server CPU-second, Check / decide_json: "
-        f"{sync['Check']['decisions_per_server_cpu_s'] / engine_rates['decide_json']:.2f}"
-    )
-    print(
-        f"  per server CPU-second, CheckBatch / decide_batch: "
-        f"{sync['CheckBatch']['decisions_per_server_cpu_s'] / engine_rates['decide_batch']:.2f}"
-    )
-    if "aio" in servers:
-        for method in ("Check", "CheckBatch"):
-            ratio = sync[method]["decisions_per_s"] / servers["aio"][method]["decisions_per_s"]
-            print(f"  sync / aio, {method + ':':12}                 {ratio:.2f}")
-    return 0
+    print("RSS after warm-up: " + ", ".join(f"{m} {v:.0f} MB" for m, v in rss.items()))
+    print("audit logs after stop:")
+    for name, (_, text) in checks.items():
+        print(f"  {name:12} {text}")
+    print(f"total {time.monotonic() - started:.0f} s")
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    return 0 if all(ok for ok, _ in checks.values()) else 1
 
 
 if __name__ == "__main__":
