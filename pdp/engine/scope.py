@@ -37,7 +37,10 @@ class Constraint:
         if op == "eq":
             return uid == self.entities[0]
         if op == "in":
-            return any(e == uid or e in ancestors for e in self.entities)
+            for e in self.entities:  # noqa: SIM110 (a loop: any() costs a generator per call)
+                if e == uid or e in ancestors:
+                    return True
+            return False
         if op == "is":
             return uid[0] == self.entity_type
         if op == "is_in":
@@ -383,11 +386,14 @@ class ScopeIndex:
                     for key in set(keys):
                         self._buckets[dim][key].append(position)
 
-    def _candidates(self, dim: int, uid: Uid, ancestors: Iterable[Uid]) -> list[int]:
+    def _keys(self, dim: int, uid: Uid, ancestors: Iterable[Uid]) -> list[list[int]]:
+        """The position lists a request's entity (or an ancestor) is filed under."""
         buckets = self._buckets[dim]
-        found = list(self._unbounded[dim])
+        found = [self._unbounded[dim]]
         for key in (uid, *ancestors):
-            found.extend(buckets.get(key, ()))
+            bucket = buckets.get(key)
+            if bucket:
+                found.append(bucket)
         return found
 
     def select(
@@ -401,18 +407,22 @@ class ScopeIndex:
     ) -> tuple[int, ...]:
         """Positions of the policies whose scope matches, in ascending order."""
         per_dim = [
-            self._candidates(0, principal, principal_ancestors),
-            self._candidates(1, action, action_ancestors),
-            self._candidates(2, resource, resource_ancestors),
+            self._keys(0, principal, principal_ancestors),
+            self._keys(1, action, action_ancestors),
+            self._keys(2, resource, resource_ancestors),
         ]
-        smallest = min(per_dim, key=len)
+        # Only the shortest dimension's candidates are read: the others can be long
+        # (every policy on one server, or for Action::"read", in a large set).
+        smallest = min(per_dim, key=lambda lists: sum(map(len, lists)))
         scopes = self._scopes
-        return tuple(
-            sorted(
-                p
-                for p in set(smallest)
-                if scopes[p].principal.matches(principal, principal_ancestors)
-                and scopes[p].action.matches(action, action_ancestors)
-                and scopes[p].resource.matches(resource, resource_ancestors)
-            )
-        )
+        found = []
+        for p in {p for positions in smallest for p in positions}:
+            scope = scopes[p]
+            if (
+                scope.principal.matches(principal, principal_ancestors)
+                and scope.action.matches(action, action_ancestors)
+                and scope.resource.matches(resource, resource_ancestors)
+            ):
+                found.append(p)
+        found.sort()
+        return tuple(found)
