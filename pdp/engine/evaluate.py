@@ -16,11 +16,13 @@ import functools
 import json
 import re
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import cedarpy
 from cedarpy import _internal
 
 from pdp.engine.source import PolicyUnit
@@ -82,24 +84,56 @@ def cedar_request(request: Request) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+# Cedar ids of the policies every subset shares (see Engine): never Cedar's positional
+# ``policyN``, so that the policies parsed into a subset keep their positional ids.
+COMMON_ID = "pdp.common."
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class PolicySubset:
     """The policies whose scope matches one (agent, server, tool), as a Cedar set.
 
-    Cedar names them ``policy0``, ``policy1``… in ``units`` order.
+    Cedar names the first ``common`` of ``units`` ``pdp.common.0``, ``pdp.common.1``…
+    and the others ``policy0``, ``policy1``… in ``units`` order.
     """
 
     policy_set: Any  # cedarpy.PolicySet
     units: tuple[PolicyUnit, ...]
+    common: int = 0
 
-    def unit(self, positional_id: str) -> PolicyUnit | None:
-        index = positional_id.removeprefix("policy")
-        if index.isdigit() and int(index) < len(self.units):
-            return self.units[int(index)]
+    def unit(self, cedar_id: str) -> PolicyUnit | None:
+        if cedar_id.startswith("policy"):
+            index, offset = cedar_id[6:], self.common
+        elif cedar_id.startswith(COMMON_ID):
+            index, offset = cedar_id[len(COMMON_ID) :], 0
+            if not index.isdigit() or int(index) >= self.common:
+                return None
+        else:
+            return None
+        if index.isdigit() and offset + int(index) < len(self.units):
+            return self.units[offset + int(index)]
         return None
 
 
 _NO_ANCESTORS: frozenset[tuple[str, str]] = frozenset()
+
+
+def _matches_everything(unit: PolicyUnit) -> bool:
+    scope = unit.scope
+    return scope.principal.op == scope.action.op == scope.resource.op == "any"
+
+
+def _common_set(units: Sequence[PolicyUnit]) -> Any:
+    """``units`` as a Cedar set, named ``pdp.common.0``…; None if Cedar cannot."""
+    try:
+        parsed = json.loads(cedarpy.policies_to_json_str("\n".join(u.text for u in units)))
+        static = parsed["staticPolicies"]
+        parsed["staticPolicies"] = {
+            f"{COMMON_ID}{i}": static[f"policy{i}"] for i in range(len(units))
+        }
+        return cedarpy.PolicySet.from_json_str(json.dumps(parsed))
+    except (ValueError, KeyError):
+        return None
 
 
 class Engine:
@@ -120,7 +154,20 @@ class Engine:
         self.compiled = compiled
         self.limits = limits
         self._entities = compiled.entities._inner
-        self._by_positions: dict[tuple[int, ...], PolicySubset] = {}
+        # Subsets in use (held by the selection cache), by positions: one Cedar set each.
+        self._by_positions: weakref.WeakValueDictionary[tuple[int, ...], PolicySubset] = (
+            weakref.WeakValueDictionary()
+        )
+        # The policies every request selects and that come first (the built-in floor):
+        # parsed once and shared by every subset's Cedar set (Cedar clones a set's
+        # policies by reference) rather than parsed into each, ≈ 4 KiB per policy.
+        common = 0
+        for unit in compiled.units:
+            if not _matches_everything(unit):
+                break
+            common += 1
+        self._common_set = _common_set(compiled.units[:common]) if common else None
+        self._common = common if self._common_set is not None else 0
         self._lock = threading.Lock()
         self.subset: Callable[[str, str, str], PolicySubset]
         if indexed:
@@ -151,7 +198,16 @@ class Engine:
         subset = self._by_positions.get(positions)
         if subset is None:
             units = tuple(self.compiled.units[p] for p in positions)
-            subset = PolicySubset(policy_set_of(units), units)
+            common, common_set = self._common, self._common_set
+            if common_set is None or positions[:common] != tuple(range(common)):
+                subset = PolicySubset(policy_set_of(units), units)
+            elif len(units) > common:
+                # The added policies are named policy0, policy1… (no clash with the
+                # common ids, so none is renamed).
+                added = "\n".join(unit.text for unit in units[common:])
+                subset = PolicySubset(common_set.with_added_str(added), units, common)
+            else:
+                subset = PolicySubset(common_set, units, common)
             with self._lock:
                 subset = self._by_positions.setdefault(positions, subset)
         return subset

@@ -228,3 +228,59 @@ def test_examples_decide_the_readme_request() -> None:
     decision = engine.decide_json(data, now=NOW)
     assert decision.to_json()["decision"] == "allow"
     assert [r.policy for r in decision.reasons] == ["support.read_tickets"]
+
+
+def test_policies_every_request_selects_are_named_right_when_shared(
+    make_policy_dir: PolicyDirFactory,
+) -> None:
+    # The floor and a guard that matches everything come first in load order: every
+    # subset shares them as one Cedar set (named apart from the policies added to it),
+    # and reasons and errors still name the right policies.
+    guard = (
+        '@id("limit.guard")\n@reason("big searches are refused")\n'
+        "forbid (principal, action, resource) when "
+        "{ context.input has limit && context.input.limit > 100 };"
+    )
+    many = "\n".join(
+        f'@id("read.{i}")\n@reason("r{i}")\n'
+        f'permit (principal in AgentGroup::"support", action in Action::"read", resource)'
+        f'\nwhen {{ context.session != "s{i}" }};'
+        for i in range(12)
+    )
+    compiled = load_policies(make_policy_dir({"0.cedar": guard, "a.cedar": many}))
+    indexed, full = Engine(compiled), Engine(compiled, indexed=False)
+    assert indexed._common == 5  # the built-in floor and limit.guard
+    for arguments, session in [
+        ({"ticket_id": "T", "limit": 5}, "s3"),
+        ({"ticket_id": "T", "limit": 500}, "s3"),
+        ({"ticket_id": "T", "limit": "500"}, "s4"),
+    ]:
+        request = parse_request(
+            {
+                "agent": AGENT,
+                "server": "crm",
+                "tool": "get_ticket",
+                "intent": INTENT,
+                "session": session,
+                "arguments": arguments,
+            },
+            now=NOW,
+        )
+        a, b = indexed.decide(request), full.decide(request)
+        assert (a.effect, a.reasons, a.errors) == (b.effect, b.reasons, b.errors)
+    assert [r.policy for r in a.reasons] == ["limit.guard"] and a.errors
+    allowed = indexed.decide(
+        parse_request(
+            {
+                "agent": AGENT,
+                "server": "crm",
+                "tool": "get_ticket",
+                "intent": INTENT,
+                "session": "s3",
+                "arguments": {"ticket_id": "T"},
+            },
+            now=NOW,
+        )
+    )
+    assert allowed.allowed
+    assert [r.policy for r in allowed.reasons] == sorted(f"read.{i}" for i in range(12) if i != 3)
