@@ -197,6 +197,42 @@ def _check_tools_against_schema(
     return problems
 
 
+def _sources(root: Path) -> list[tuple[Path, str, bool]]:
+    """(path, display name, is floor) of every policy file, in load (and hash) order."""
+    author_files, extra_floor = policy_files(root)
+    sources: list[tuple[Path, str, bool]] = [
+        (p, f"<floor>/{p.name}", True) for p in sorted(BUILTIN_FLOOR.glob("*.cedar"))
+    ]
+    sources += [(p, _display(p, root), True) for p in extra_floor]
+    sources += [(p, _display(p, root), False) for p in author_files]
+    return sources
+
+
+def policy_version(directory: Path | str) -> str:
+    """The version :func:`load_policies` gives a directory, from the files' content
+    alone (nothing parsed or validated: ≈ 1 % of a load at 100,000 policies).
+
+    Raises :class:`PolicyLoadError` when the directory or a file cannot be read.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyLoadError([Diagnostic(str(root), 0, "policy directory does not exist")])
+    root = root.resolve()
+    files = [(root / SCHEMA_FILE, SCHEMA_FILE)] if (root / SCHEMA_FILE).exists() else []
+    files += [(path, display) for path, display, _ in _sources(root)]
+    if (root / INVENTORY_FILE).exists():
+        files.append((root / INVENTORY_FILE, INVENTORY_FILE))
+    digest = hashlib.sha256()
+    for path, display in files:
+        try:
+            data = path.read_bytes()
+            data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyLoadError([Diagnostic(display, 0, f"cannot read: {exc}")]) from None
+        digest.update(display.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def load_policies(directory: Path | str) -> CompiledPolicies:
     """Loads, validates and compiles a policy directory; raises :class:`PolicyLoadError`."""
     root = Path(directory)
@@ -234,12 +270,7 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
             except ValueError as exc:
                 diagnostics.append(Diagnostic(SCHEMA_FILE, 0, f"invalid schema: {exc}"))
 
-    author_files, extra_floor = policy_files(root)
-    sources: list[tuple[Path, str, bool]] = [
-        (p, f"<floor>/{p.name}", True) for p in sorted(BUILTIN_FLOOR.glob("*.cedar"))
-    ]
-    sources += [(p, _display(p, root), True) for p in extra_floor]
-    sources += [(p, _display(p, root), False) for p in author_files]
+    sources = _sources(root)
 
     # Read and split every file first, then confirm validity in one pass over all of
     # them (pdp.engine.validation); a file that pass cannot confirm is validated the

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pdp.engine import PolicyLoadError, load_policies
 from pdp.engine.source import Statement, split_statements
+from pdp.engine.store import policy_version
 from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, READ_POLICY, PolicyDirFactory
 
 
@@ -46,6 +47,18 @@ def test_version_is_a_content_hash(make_policy_dir: PolicyDirFactory) -> None:
     assert load_policies(make_policy_dir()).version == first
     changed = make_policy_dir({"read.cedar": READ_POLICY.replace("may read", "may read!")})
     assert load_policies(changed).version != first
+
+
+def test_policy_version_is_the_loaded_version_without_loading(
+    make_policy_dir: PolicyDirFactory,
+) -> None:
+    assert policy_version(EXAMPLE_POLICIES) == load_policies(EXAMPLE_POLICIES).version
+    root = make_policy_dir({"read.cedar": READ_POLICY, "floor/extra.cedar": "", "b/c.cedar": ""})
+    assert policy_version(root) == load_policies(root).version
+    (root / "b" / "c.cedar").write_text("// changed")
+    assert policy_version(root) == load_policies(root).version
+    with pytest.raises(PolicyLoadError):
+        policy_version(root / "missing")
 
 
 def test_missing_id_is_reported_with_file_and_line(make_policy_dir: PolicyDirFactory) -> None:
