@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -417,18 +418,35 @@ def bench_serve(count: int, timeout: float = 300) -> dict[str, Any]:
         message = json_format.ParseDict(
             {k: v for k, v in pool[0].items() if k != "time"}, decision_pb2.CheckRequest()
         )
+        listening: list[float] = []
+        errors = (work / "stderr").open("w+")
         started = time.monotonic()
         process = subprocess.Popen(
             [str(REPO / ".venv/bin/pdp"), "serve", "--config", str(config), "--no-audit"],
             cwd=work,  # the policy archive goes below the working directory's .pdp-state
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
         )
+
+        def read_stdout() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith("pdp: listening on") and not listening:
+                    listening.append(time.monotonic() - started)
+
+        threading.Thread(target=read_stdout, daemon=True).start()
         try:
             channel = grpc.secure_channel(
                 f"127.0.0.1:{port}",
                 credentials,
-                options=[("grpc.ssl_target_name_override", "localhost")],
+                options=[
+                    ("grpc.ssl_target_name_override", "localhost"),
+                    # retry the connection every 50 ms, not with gRPC's growing backoff
+                    ("grpc.initial_reconnect_backoff_ms", 50),
+                    ("grpc.min_reconnect_backoff_ms", 50),
+                    ("grpc.max_reconnect_backoff_ms", 50),
+                ],
             )
             check = channel.unary_unary(
                 "/pdp.v1.DecisionService/Check",
@@ -439,8 +457,10 @@ def bench_serve(count: int, timeout: float = 300) -> dict[str, Any]:
             deadline = started + timeout
             while answer is None:
                 if process.poll() is not None:
-                    stderr = process.stderr.read().decode() if process.stderr else ""
-                    sys.exit(f"engine bench: pdp serve exited with {process.returncode}\n{stderr}")
+                    errors.seek(0)
+                    sys.exit(
+                        f"engine bench: pdp serve exited ({process.returncode}):\n{errors.read()}"
+                    )
                 if time.monotonic() > deadline:
                     sys.exit("engine bench: pdp serve did not answer in time")
                 try:
@@ -459,9 +479,11 @@ def bench_serve(count: int, timeout: float = 300) -> dict[str, Any]:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+            errors.close()
     return {
         "author_policies": count,
         "start_s": start_s,
+        "listening_s": listening[0] if listening else None,
         "decision": decision_pb2.Decision.Name(answer.decision),
         "rss_mib": after_first["VmRSS"],
         "hwm_mib": after_first["VmHWM"],
@@ -507,7 +529,8 @@ def print_table(rows: Sequence[dict[str, Any]], served: Sequence[dict[str, Any]]
     for row in served:
         print(
             f"pdp serve, {row['author_policies']:,} policies: start {row['start_s']:.2f} s"
-            f" (to the first answered Check, {row['decision']}), RSS {row['rss_mib']:.0f} MiB"
+            f" to the first answered Check ({row['decision']}; 'listening' printed at"
+            f" {row['listening_s'] or 0:.2f} s), RSS {row['rss_mib']:.0f} MiB"
             f" (peak {row['hwm_mib']:.0f}, after 200 Checks {row['rss_after_200_mib']:.0f})"
         )
 
