@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pdp.engine import CompiledPolicies, PolicyLoadError, load_policies
 from pdp.engine.inventory import INVENTORY_FILE
-from pdp.engine.store import SCHEMA_FILE, policy_files
+from pdp.engine.store import SCHEMA_FILE, policy_files, policy_version
 
 # Beside the service's other state (pdp.service.config.DEFAULT_STATE_DIR is .pdp-state).
 DEFAULT_ARCHIVE = Path(".pdp-state") / "policy-versions"
@@ -75,9 +75,11 @@ def archive_policies(
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(directory / relative, destination)
         try:
-            copied = load_policies(staging).version
+            # The version is a hash of the files' content: hashing the copy proves it is
+            # that version without a second parse and validation of the whole set.
+            copied = policy_version(staging)
         except PolicyLoadError as exc:
-            raise ArchiveError(f"the copy of {directory} does not load: {exc}") from None
+            raise ArchiveError(f"the copy of {directory} cannot be read: {exc}") from None
         if copied != version:
             raise ArchiveError(
                 f"{directory} changed after version {version} was loaded (it is now {copied});"
