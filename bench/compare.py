@@ -508,6 +508,49 @@ def run_size(count: int, args: argparse.Namespace, tools: dict[str, Any]) -> dic
     return row
 
 
+def measure_floor(args: argparse.Namespace, tools: dict[str, Any]) -> dict[str, float]:
+    """Check decisions/s of the grpc floor (bench/grpc_floor.py: the transport answering
+    a canned response) and of pdp with one worker, one process each, 10 policies."""
+    from google.protobuf import json_format
+
+    from pdp._proto.pdp.v1 import decision_pb2
+
+    load = (tools["h2"], tools["shim"], tools["state"])
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        port = free_port()
+        config = work / "floor.yaml"
+        identity = {"source": "dev", "state_dir": str(tools["state"])}
+        config.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "identity": identity}))
+        floor = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "grpc_floor.py"), str(config)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert floor.stdout is not None
+            floor.stdout.readline()  # "floor: listening on PORT"
+            body = grpc_frame(
+                json_format.ParseDict(
+                    pdp_request(10), decision_pb2.CheckRequest()
+                ).SerializeToString()
+            )
+            url = f"https://127.0.0.1:{port}/pdp.v1.DecisionService/Check"
+            h2load(*load, url, body, 2000, 4, 16)
+            figures["floor"] = h2load(*load, url, body, args.requests, 4, 16)["rps"]
+        finally:
+            floor.kill()
+            floor.wait()
+        server = start_pdp(work, 10, tools["state"], args.batch, 1)
+        try:
+            h2load(*load, server.url, server.body, 2000, 4, 16)
+            figures["pdp_1"] = h2load(*load, server.url, server.body, args.requests, 4, 16)["rps"]
+        finally:
+            server.stop()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000,10000")
@@ -518,6 +561,9 @@ def main() -> None:
         type=int,
         default=len(os.sched_getaffinity(0)),
         help="pdp serve --workers (default: one per core, as Cerbos uses every core)",
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the grpc floor (canned answers) row"
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -533,8 +579,9 @@ def main() -> None:
         tools["state"] = Path(state_dir)
         ensure_dev_state(tools["state"])
         rows = [run_size(int(n), args, tools) for n in args.sizes.split(",")]
+        floor = measure_floor(args, tools) if not args.no_floor else {}
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"sizes": rows, "floor": floor}, indent=2))
         return
     print(f"pdp: serve --workers {args.workers}, audit off; Cerbos {CERBOS_VERSION}: audit off")
     print(
@@ -560,6 +607,13 @@ def main() -> None:
         )
     ratios = [r["pdp"]["check"]["rps"] / r["cerbos"]["check"]["rps"] for r in rows]
     print(f"median pdp/cerbos Check ratio: {statistics.median(ratios):.2f}")
+    if floor:
+        cerbos = rows[0]["cerbos"]["check"]["rps"]
+        print(
+            f"one process, 10 policies, Check/s: grpc floor (canned answer) {floor['floor']:,.0f},"
+            f" pdp {floor['pdp_1']:,.0f}; pdp / floor {floor['pdp_1'] / floor['floor']:.2f},"
+            f" floor / Cerbos {floor['floor'] / cerbos:.2f}"
+        )
 
 
 if __name__ == "__main__":
