@@ -49,6 +49,22 @@ def current_admission() -> Admission | None:
     return _ADMISSION.get(None)
 
 
+async def require_admission(
+    context: grpc.aio.ServicerContext[Any, Any], refuser: Refuser, method: str
+) -> Admission:
+    """The admission of the call being served; a handler registered without the
+    :class:`AuthInterceptor` refuses the call rather than serve anyone."""
+    admission = current_admission()
+    if admission is None:
+        await refuser.refuse(
+            context,
+            RefusalCode.UNAUTHENTICATED,
+            "the caller was not authenticated (server misconfigured)",
+            method,
+        )
+    return admission
+
+
 class Refuser:
     """Ends a call with a status and tells the sink, with an id the operator can look up."""
 

@@ -46,7 +46,7 @@ from pdp.model import (
 )
 from pdp.service.convert import check_response, request_data
 from pdp.service.gate import CallerGrant, RateLimiter
-from pdp.service.interceptor import Admission, Refuser, current_admission
+from pdp.service.interceptor import Admission, Refuser, require_admission
 from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode
 
 log = logging.getLogger(__name__)
@@ -429,15 +429,7 @@ class DecisionServicer:
         return pb.CheckBatchResponse(responses=responses)
 
     async def _admitted(self, context: Context, method: str) -> Admission:
-        admission = current_admission()
-        if admission is None:
-            # Registered without the AuthInterceptor: refuse rather than serve anyone.
-            await self._refuser.refuse(
-                context,
-                RefusalCode.UNAUTHENTICATED,
-                "the caller was not authenticated (server misconfigured)",
-                method,
-            )
+        admission = await require_admission(context, self._refuser, method)
         remaining = _time_remaining(context)
         if remaining is not None and remaining <= 0:
             await context.abort(

@@ -38,7 +38,7 @@ import grpc
 
 from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern
-from pdp.service.interceptor import Refuser, current_admission
+from pdp.service.interceptor import Refuser, current_admission, require_admission
 from pdp.service.sink import RefusalCode
 
 log = logging.getLogger(__name__)
@@ -562,16 +562,7 @@ class AuditServicer:
             )
 
     async def _admitted(self, context: Context, method: str) -> str:
-        admission = current_admission()
-        if admission is None:
-            # Registered without the AuthInterceptor: refuse rather than serve anyone.
-            await self._refuser.refuse(
-                context,
-                RefusalCode.UNAUTHENTICATED,
-                "the caller was not authenticated (server misconfigured)",
-                method,
-            )
-        return admission.grant.caller.spiffe_id
+        return (await require_admission(context, self._refuser, method)).grant.caller.spiffe_id
 
 
 async def _abort(context: Context, message: str) -> None:

@@ -20,7 +20,8 @@ from google.protobuf import json_format
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.service.servicer import CHECK_METHOD
-from tests.conftest import EXAMPLE_POLICIES, REPO
+from tests.conftest import EXAMPLE_POLICIES
+from tests.service.test_serve_lifecycle import copy_policies
 
 PDP = str(Path(sys.executable).parent / "pdp")
 REQUEST = json.loads(
@@ -30,14 +31,6 @@ CLOSE_READS = (
     '@id("test.no_reads")\n@reason("reads closed")\n'
     'forbid (principal, action in Action::"read", resource);\n'
 )
-
-
-def copy_policies(target: Path) -> Path:
-    import shutil
-
-    shutil.copytree(EXAMPLE_POLICIES, target, ignore=shutil.ignore_patterns("floor"))
-    (target / "floor").symlink_to(REPO / "pdp" / "floor")
-    return target
 
 
 class Supervised:
