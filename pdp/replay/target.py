@@ -150,36 +150,27 @@ class GrpcSender:
 
         from pdp._proto.pdp.v1 import decision_pb2 as pb
         from pdp.service.servicer import CHECK_METHOD
-        from pdp.service.tls import (
-            ServerIdentityError,
-            channel_credentials,
-            check_server_spiffe_id,
-        )
+        from pdp.service.tls import ServerIdentityError, open_verified_channel, parse_target
 
-        host, sep, port = options.target.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise TargetError(f"--target {options.target!r} must be HOST:PORT")
+        try:
+            parse_target(options.target)
+        except ServerIdentityError as exc:
+            raise TargetError(str(exc)) from None
         cert, key, bundle, server_id = _client_files(options)
         try:
-            check_server_spiffe_id(
-                host.strip("[]"),
-                int(port),
+            self._channel = open_verified_channel(
+                options.target,
                 expected_id=server_id,
                 bundle_pem=bundle,
                 cert_chain_pem=cert,
                 key_pem=key,
+                server_name=options.server_name,
                 timeout=options.timeout,
             )
         except ServerIdentityError as exc:
             raise TargetError(str(exc)) from None
-        channel_options = []
-        if options.server_name:
-            channel_options.append(("grpc.ssl_target_name_override", options.server_name))
         self.options = options
         self.stats = SendStats()
-        self._channel = grpc.secure_channel(
-            options.target, channel_credentials(bundle, cert, key), options=channel_options
-        )
         try:
             grpc.channel_ready_future(self._channel).result(timeout=options.timeout)
         except grpc.FutureTimeoutError:

@@ -382,11 +382,12 @@ def call(data: Any, options: CallOptions) -> int:
     from pdp._proto.pdp.v1 import decision_pb2 as pb
     from pdp.service.convert import response_json
     from pdp.service.servicer import CHECK_METHOD
-    from pdp.service.tls import ServerIdentityError, channel_credentials, check_server_spiffe_id
+    from pdp.service.tls import ServerIdentityError, open_verified_channel, parse_target
 
-    host, sep, port_text = options.target.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        return _error(f"--target {options.target!r} must be HOST:PORT")
+    try:
+        parse_target(options.target)
+    except ServerIdentityError as exc:
+        return _error(str(exc))
     try:
         cert, key, bundle, server_id = client_identity(options)
     except (OSError, ValueError) as exc:
@@ -396,22 +397,18 @@ def call(data: Any, options: CallOptions) -> int:
     except json_format.ParseError as exc:
         return _error(f"the request is not a pdp.v1.CheckRequest: {exc}")
     try:
-        check_server_spiffe_id(
-            host.strip("[]"),
-            int(port_text),
+        channel = open_verified_channel(
+            options.target,
             expected_id=server_id,
             bundle_pem=bundle,
             cert_chain_pem=cert,
             key_pem=key,
+            server_name=options.server_name,
             timeout=options.timeout,
         )
     except ServerIdentityError as exc:
         return _error(str(exc))
-    channel_options = []
-    if options.server_name:
-        channel_options.append(("grpc.ssl_target_name_override", options.server_name))
-    credentials = channel_credentials(bundle, cert, key)
-    with grpc.secure_channel(options.target, credentials, options=channel_options) as channel:
+    with channel:
         check = channel.unary_unary(
             CHECK_METHOD,
             request_serializer=pb.CheckRequest.SerializeToString,

@@ -134,3 +134,40 @@ def check_server_spiffe_id(
             f"{host}:{port} presented {uris or 'no URI SAN'}, not the expected {expected_id}"
         )
     return expected_id
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); raises ServerIdentityError."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ServerIdentityError(f"--target {target!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def open_verified_channel(
+    target: str,
+    *,
+    expected_id: str,
+    bundle_pem: bytes,
+    cert_chain_pem: bytes,
+    key_pem: bytes,
+    server_name: str | None = None,
+    timeout: float = 5.0,
+) -> grpc.Channel:
+    """An mTLS channel to ``target`` once its SVID is checked to name ``expected_id``
+    (see :func:`check_server_spiffe_id`); what ``pdp call`` and ``pdp replay --target``
+    connect with. Raises ServerIdentityError."""
+    host, port = parse_target(target)
+    check_server_spiffe_id(
+        host,
+        port,
+        expected_id=expected_id,
+        bundle_pem=bundle_pem,
+        cert_chain_pem=cert_chain_pem,
+        key_pem=key_pem,
+        timeout=timeout,
+    )
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(
+        target, channel_credentials(bundle_pem, cert_chain_pem, key_pem), options=options
+    )
