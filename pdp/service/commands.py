@@ -132,6 +132,11 @@ def serve(options: ServeOptions) -> int:
         return _error(f"--workers {options.workers!r}: give a number or 'auto'")
     if not 1 <= workers <= MAX_WORKERS:
         return _error(f"--workers: must be between 1 and {MAX_WORKERS} (got {workers})")
+    if options.worker_index is not None:
+        from pdp.service.workers import die_with_supervisor
+
+        if not die_with_supervisor():
+            return _error(f"worker {options.worker_index}: its supervisor is gone")
     if workers > 1 and options.worker_index is None:
         return _supervise(options, config, workers, state_dir)
     if workers > 1:

@@ -38,6 +38,9 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 START_TIMEOUT_S = 120.0
 READY_MARK = "pdp: listening on "
+# Tells a worker which process it must not outlive.
+SUPERVISOR_ENV = "PDP_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
 _output = threading.Lock()
 
 
@@ -101,6 +104,7 @@ class Supervisor:
         worker.ready.clear()
         process = subprocess.Popen(
             worker.argv,
+            env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -238,6 +242,21 @@ class Supervisor:
         return 0
 
 
+def die_with_supervisor() -> bool:
+    """In a worker: have the kernel send SIGTERM (a graceful drain) when the supervisor
+    dies, even by SIGKILL, so that no orphaned worker keeps serving the port. False if
+    the supervisor is already gone."""
+    expected = os.environ.get(SUPERVISOR_ENV, "")
+    if not expected.isdigit():
+        return True  # not started by a supervisor (run by hand): nothing to follow
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The supervisor may have died before prctl: then this process has a new parent.
+    return os.getppid() == int(expected)
+
+
 def worker_count(requested: int | str | None, configured: int) -> int:
     """``--workers``: a number, ``auto`` (the usable cores) or unset (the config's)."""
     if requested is None:
@@ -260,6 +279,7 @@ __all__ = [
     "READY_MARK",
     "Supervisor",
     "audit_dir_of",
+    "die_with_supervisor",
     "python_entry",
     "reserve_port",
     "say",

@@ -231,3 +231,25 @@ def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> No
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "[worker" not in result.stdout
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(
+    served: tuple[Supervised, Path, Path, str],
+) -> None:
+    supervisor, _, _, _ = served
+    workers = worker_pids(supervisor)
+    supervisor.process.kill()  # SIGKILL: no chance to forward anything
+    supervisor.process.wait(10)
+    deadline = time.monotonic() + 30
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.1)
+    assert not alive, f"orphaned workers still running: {alive}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
