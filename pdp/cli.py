@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import cedarpy
 
-from pdp.client_options import add_client_identity_options
+from pdp.client_options import DEFAULT_TARGET, ClientOptions, add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.policytest import SuiteError, discover, run_suites
 from pdp.replay.cli import add_replay_parser
@@ -184,24 +184,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from pdp.service.commands import CallOptions, call
+    from pdp.service.commands import call
 
-    data = read_json_input(args.request)
-    return call(
-        data,
-        CallOptions(
-            target=args.target,
-            dev=args.dev,
-            state_dir=args.state_dir,
-            cert=args.cert,
-            key=args.key,
-            bundle=args.bundle,
-            workload_api=args.workload_api,
-            server_id=args.server_id,
-            server_name=args.server_name,
-            timeout=args.timeout,
-        ),
-    )
+    return call(read_json_input(args.request), ClientOptions.from_args(args))
 
 
 # --- parser ----------------------------------------------------------------------
@@ -301,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
     p.add_argument("request", metavar="REQUEST.json")
-    p.add_argument("--target", default="127.0.0.1:8443", metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_TARGET, metavar="HOST:PORT")
     add_client_identity_options(p)
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     p.set_defaults(handler=cmd_call)

@@ -6,6 +6,41 @@ Kept free of grpc imports so that building the CLI parser stays cheap.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+DEFAULT_TARGET = "127.0.0.1:8443"
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Where a client connects and how it proves who it is (see the flags below)."""
+
+    target: str = DEFAULT_TARGET
+    dev: bool = False
+    state_dir: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    bundle: str | None = None
+    workload_api: str | None = None  # "" reads $SPIFFE_ENDPOINT_SOCKET
+    server_id: str | None = None
+    server_name: str | None = None
+    timeout: float = 10.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientOptions:
+        """From a parser with ``--target``, ``--timeout`` and the identity options."""
+        return cls(
+            target=args.target,
+            dev=args.dev,
+            state_dir=args.state_dir,
+            cert=args.cert,
+            key=args.key,
+            bundle=args.bundle,
+            workload_api=args.workload_api,
+            server_id=args.server_id,
+            server_name=args.server_name,
+            timeout=args.timeout,
+        )
 
 
 def add_client_identity_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdp.client_options import add_client_identity_options
+from pdp.client_options import ClientOptions, add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.replay.archive import DEFAULT_ARCHIVE
 from pdp.replay.progress import Progress
@@ -290,18 +290,7 @@ def _target(args: argparse.Namespace, sources: list[Source]) -> int:
     if args.policies:
         raise ReplayUsageError("--policies does not apply to --target (the server decides)")
     options = TargetOptions(
-        target=args.target,
-        dev=args.dev,
-        state_dir=args.state_dir,
-        cert=args.cert,
-        key=args.key,
-        bundle=args.bundle,
-        workload_api=args.workload_api,
-        server_id=args.server_id,
-        server_name=args.server_name,
-        timeout=args.timeout,
-        rate=args.rate,
-        concurrency=args.concurrency,
+        ClientOptions.from_args(args), rate=args.rate, concurrency=args.concurrency
     )
     try:
         sender = open_sender(options)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from pdp.client_options import ClientOptions
 from pdp.model import Decision, Effect, Reason
 from pdp.replay.records import RecordedDecision
 from pdp.replay.redecide import Failed, Outcome
@@ -39,18 +40,9 @@ class TargetError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TargetOptions:
-    target: str
+    client: ClientOptions  # the server and the client identity, as for ``pdp call``
     rate: float
     concurrency: int = 8
-    dev: bool = False
-    state_dir: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    bundle: str | None = None
-    workload_api: str | None = None  # "" reads $SPIFFE_ENDPOINT_SOCKET
-    server_id: str | None = None
-    server_name: str | None = None
-    timeout: float = 10.0
 
 
 class LatencyHistogram:
@@ -122,22 +114,10 @@ def performance_json(stats: SendStats, options: TargetOptions) -> dict[str, Any]
 
 def _client_files(options: TargetOptions) -> tuple[bytes, bytes, bytes, str]:
     """(cert chain, key, bundle, expected server ID), exactly as ``pdp call`` finds them."""
-    from pdp.service.commands import CallOptions, client_identity
+    from pdp.service.commands import client_identity
 
-    call_options = CallOptions(
-        target=options.target,
-        dev=options.dev,
-        state_dir=options.state_dir,
-        cert=options.cert,
-        key=options.key,
-        bundle=options.bundle,
-        workload_api=options.workload_api,
-        server_id=options.server_id,
-        server_name=options.server_name,
-        timeout=options.timeout,
-    )
     try:
-        return client_identity(call_options)
+        return client_identity(options.client)
     except (OSError, ValueError) as exc:
         raise TargetError(str(exc)) from None
 
@@ -153,29 +133,29 @@ class GrpcSender:
         from pdp.service.tls import ServerIdentityError, open_verified_channel, parse_target
 
         try:
-            parse_target(options.target)
+            parse_target(options.client.target)
         except ServerIdentityError as exc:
             raise TargetError(str(exc)) from None
         cert, key, bundle, server_id = _client_files(options)
         try:
             self._channel = open_verified_channel(
-                options.target,
+                options.client.target,
                 expected_id=server_id,
                 bundle_pem=bundle,
                 cert_chain_pem=cert,
                 key_pem=key,
-                server_name=options.server_name,
-                timeout=options.timeout,
+                server_name=options.client.server_name,
+                timeout=options.client.timeout,
             )
         except ServerIdentityError as exc:
             raise TargetError(str(exc)) from None
         self.options = options
         self.stats = SendStats()
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=options.timeout)
+            grpc.channel_ready_future(self._channel).result(timeout=options.client.timeout)
         except grpc.FutureTimeoutError:
             self._channel.close()
-            raise TargetError(f"cannot connect to {options.target} over mTLS") from None
+            raise TargetError(f"cannot connect to {options.client.target} over mTLS") from None
         self._check = self._channel.unary_unary(
             CHECK_METHOD,
             request_serializer=pb.CheckRequest.SerializeToString,
@@ -200,7 +180,7 @@ class GrpcSender:
             return self._failed("invalid_request", f"not a pdp.v1.CheckRequest: {exc}")
         started = time.perf_counter()
         try:
-            response = self._check(message, timeout=self.options.timeout)
+            response = self._check(message, timeout=self.options.client.timeout)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() is not None else "UNKNOWN"
             return self._failed(code, f"{code}: {exc.details()}")
@@ -271,4 +251,4 @@ def open_sender(options: TargetOptions) -> GrpcSender:
     try:
         return GrpcSender(options)
     except (OSError, ValueError) as exc:  # e.g. unreadable or malformed PEM files
-        raise TargetError(f"cannot set up mTLS to {options.target}: {exc}") from None
+        raise TargetError(f"cannot set up mTLS to {options.client.target}: {exc}") from None

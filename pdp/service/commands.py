@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pdp.client_options import ClientOptions
 from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
 from pdp.service.config import (
     DEFAULT_STATE_DIR,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from pdp.service.server import DecisionServer
 
 EXIT_OK, EXIT_DENY, EXIT_ERROR = 0, 1, 2
-DEFAULT_TARGET = "127.0.0.1:8443"
 DEV_GATEWAYS = f"spiffe://{DEV_TRUST_DOMAIN}/gateway/*"
 EXAMPLE_REQUEST = Path("policies/examples/requests/support-get-ticket.json")
 
@@ -365,21 +365,7 @@ def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str)
 # --- call -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    target: str = DEFAULT_TARGET
-    dev: bool = False
-    state_dir: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    bundle: str | None = None
-    workload_api: str | None = None  # "" reads $SPIFFE_ENDPOINT_SOCKET
-    server_id: str | None = None
-    server_name: str | None = None
-    timeout: float = 10.0
-
-
-def call(data: Any, options: CallOptions) -> int:
+def call(data: Any, options: ClientOptions) -> int:
     """Sends one request (``pdp check`` JSON) to a server and prints the decision."""
     import grpc
     from google.protobuf import json_format
@@ -427,7 +413,7 @@ def call(data: Any, options: CallOptions) -> int:
     return EXIT_OK if response.decision == pb.DECISION_ALLOW else EXIT_DENY
 
 
-def client_identity(options: CallOptions) -> tuple[bytes, bytes, bytes, str]:
+def client_identity(options: ClientOptions) -> tuple[bytes, bytes, bytes, str]:
     """(SVID chain, key, server trust domain bundle, expected server ID), all PEM, from
     --dev, --workload-api or --cert/--key/--bundle."""
     chosen = [
