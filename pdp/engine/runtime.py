@@ -170,42 +170,36 @@ class PolicyRuntime:
                 directory, self.limits, run_tests=self.run_tests and role == "active"
             )
         except ReloadRejected as exc:
-            event = ReloadEvent(
-                datetime.now(UTC),
-                str(directory),
+            ok, version, candidate_version, detail = (
                 False,
-                role,
                 current_version,
                 exc.candidate_version,
                 exc.detail,
-                (time.perf_counter() - started) * 1000,
             )
         except Exception as exc:  # an unexpected failure must not take the service down
-            event = ReloadEvent(
-                datetime.now(UTC),
-                str(directory),
+            ok, version, candidate_version, detail = (
                 False,
-                role,
                 current_version,
                 "",
                 f"internal error: {exc}",
-                (time.perf_counter() - started) * 1000,
             )
         else:
             if role == "active":
                 self.engine = candidate
             else:
                 self.shadow = candidate
-            event = ReloadEvent(
-                datetime.now(UTC),
-                str(directory),
-                True,
-                role,
-                candidate.version,
-                candidate.version,
-                "" if candidate.version != current_version else "unchanged",
-                (time.perf_counter() - started) * 1000,
-            )
+            ok, version, candidate_version = True, candidate.version, candidate.version
+            detail = "" if candidate.version != current_version else "unchanged"
+        event = ReloadEvent(
+            datetime.now(UTC),
+            str(directory),
+            ok,
+            role,
+            version,
+            candidate_version,
+            detail,
+            (time.perf_counter() - started) * 1000,
+        )
         self._emit(event)
         return event
 
