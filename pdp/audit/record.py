@@ -151,6 +151,11 @@ def build_decision_record(
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")
         masked.extend(shadow_masked)
+    return _with_masks(record, masked)
+
+
+def _with_masks(record: dict[str, Any], masked: list[str]) -> dict[str, Any]:
+    """Says in the record which paths redaction masked (and whether arguments were)."""
     record["arguments_redacted"] = any(p.startswith("request.arguments") for p in masked)
     if masked:
         record["redacted"] = masked
@@ -176,17 +181,18 @@ def build_refusal_record(
     ``resource_exhausted``, ``unavailable``…); ``caller`` is ``None`` when the peer was
     not authenticated; ``request`` is given when it had already been parsed.
     """
+    safe_message = redactor.text(message)
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
         "kind": KIND_REFUSAL,
         "decision_id": decision_id,
         "time": format_time(time or datetime.now(UTC)),
         "instance_id": instance_id,
-        "refusal": {"code": code, "message": redactor.text(message)},
+        "refusal": {"code": code, "message": safe_message},
         "caller": _caller_json(caller),
     }
     masked: list[str] = []
-    if redactor.text(message) != message:
+    if safe_message != message:
         masked.append("refusal.message")
     if method:
         record["method"] = method
@@ -195,10 +201,7 @@ def build_refusal_record(
     if request is not None:
         record["request"], request_masked = _request_json(request, redactor)
         masked.extend(request_masked)
-    record["arguments_redacted"] = any(p.startswith("request.arguments") for p in masked)
-    if masked:
-        record["redacted"] = masked
-    return record
+    return _with_masks(record, masked)
 
 
 def build_policy_reload_record(
