@@ -287,26 +287,23 @@ def _parse_path(path: str) -> tuple[str, ...]:
 
 def _mask_path(node: Any, path: tuple[str, ...], prefix: str, masked: list[str]) -> None:
     head, rest = path[0], path[1:]
+    keys: list[Any]
     if isinstance(node, dict):
         keys = list(node) if head == "*" else [head] if head in node else []
-        for key in keys:
-            here = f"{prefix}.{key}"
-            if rest:
-                _mask_path(node[key], rest, here, masked)
-            elif node[key] != REDACTED:
-                node[key] = REDACTED
-                masked.append(here)
+        labels = [f"{prefix}.{key}" for key in keys]
     elif isinstance(node, list):
         if head == "*":
-            indexes = range(len(node))
+            keys = list(range(len(node)))
         elif head.isdigit() and int(head) < len(node):
-            indexes = range(int(head), int(head) + 1)
+            keys = [int(head)]
         else:
-            indexes = range(0)
-        for index in indexes:
-            here = f"{prefix}[{index}]"
-            if rest:
-                _mask_path(node[index], rest, here, masked)
-            elif node[index] != REDACTED:
-                node[index] = REDACTED
-                masked.append(here)
+            keys = []
+        labels = [f"{prefix}[{index}]" for index in keys]
+    else:
+        return
+    for key, here in zip(keys, labels, strict=True):
+        if rest:
+            _mask_path(node[key], rest, here, masked)
+        elif node[key] != REDACTED:
+            node[key] = REDACTED
+            masked.append(here)
