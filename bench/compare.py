@@ -125,6 +125,17 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
+def gateway_credentials(state: Path) -> Any:
+    """mTLS client credentials of the dev gateway (``state``: a dev CA directory)."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        (state / "bundle.pem").read_bytes(),
+        (state / "gateway.key").read_bytes(),
+        (state / "gateway.pem").read_bytes(),
+    )
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its descendants (pdp's supervisor and workers)."""
     total = 0.0
@@ -262,7 +273,7 @@ def start_pdp(work: Path, count: int, state: Path, batch_size: int, workers: int
             }
         )
     )
-    dev = ensure_dev_state(state)
+    ensure_dev_state(state)
     started = time.monotonic()
     process = subprocess.Popen(
         [
@@ -277,12 +288,9 @@ def start_pdp(work: Path, count: int, state: Path, batch_size: int, workers: int
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    credentials = grpc.ssl_channel_credentials(
-        dev.bundle_pem if hasattr(dev, "bundle_pem") else (state / "bundle.pem").read_bytes(),
-        (state / "gateway.key").read_bytes(),
-        (state / "gateway.pem").read_bytes(),
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{port}", gateway_credentials(state), options=PROBE_OPTIONS
     )
-    channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=PROBE_OPTIONS)
     check = channel.unary_unary(
         "/pdp.v1.DecisionService/Check",
         request_serializer=decision_pb2.CheckRequest.SerializeToString,
@@ -348,12 +356,9 @@ def start_cerbos(work: Path, count: int, binary: Path, state: Path, pb: Any) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    credentials = grpc.ssl_channel_credentials(
-        (state / "bundle.pem").read_bytes(),
-        (state / "gateway.key").read_bytes(),
-        (state / "gateway.pem").read_bytes(),
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{port}", gateway_credentials(state), options=PROBE_OPTIONS
     )
-    channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=PROBE_OPTIONS)
     check = channel.unary_unary(
         "/cerbos.svc.v1.CerbosService/CheckResources",
         request_serializer=pb.CheckResourcesRequest.SerializeToString,

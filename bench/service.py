@@ -62,6 +62,7 @@ from bench.compare import (  # noqa: E402
     ensure_h2load,
     ensure_shim,
     free_port,
+    gateway_credentials,
     grpc_frame,
     h2load,
     pdp_policies,
@@ -210,12 +211,7 @@ def check_answers(server: Pdp, state: Path) -> None:
 
     from pdp._proto.pdp.v1 import decision_pb2 as pb
 
-    credentials = grpc.ssl_channel_credentials(
-        (state / "bundle.pem").read_bytes(),
-        (state / "gateway.key").read_bytes(),
-        (state / "gateway.pem").read_bytes(),
-    )
-    with grpc.secure_channel(f"127.0.0.1:{server.port}", credentials) as channel:
+    with grpc.secure_channel(f"127.0.0.1:{server.port}", gateway_credentials(state)) as channel:
         check = channel.unary_unary(
             "/pdp.v1.DecisionService/Check",
             request_serializer=pb.CheckRequest.SerializeToString,
