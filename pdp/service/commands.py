@@ -252,18 +252,14 @@ def serve(options: ServeOptions) -> int:
 
 
 def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state_dir: Path) -> int:
-    """``--workers N`` (N > 1): check once, then run N worker processes on one port."""
-    from pdp.engine import PolicyLoadError, load_policies
+    """``--workers N`` (N > 1): run N worker processes on one port.
+
+    The policies are not loaded here: each worker loads and checks them anyway (in
+    parallel), and one that cannot prints why and stops the start (exit 2)."""
     from pdp.identity.devca import ensure_dev_state
+    from pdp.service.balance import BalanceError, RoundRobin
     from pdp.service.workers import Supervisor, python_entry, reserve_port, say
 
-    for directory in (config.policies, options.shadow_policies):
-        if directory is None:
-            continue
-        try:
-            load_policies(directory)
-        except PolicyLoadError as exc:
-            return _error(f"policies in {directory} are not usable: {exc}")
     if options.dev:
         ensure_dev_state(state_dir)  # once, before workers race to create it
     try:
@@ -293,8 +289,6 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
             if on:
                 argv.append(flag)
         argvs.append(argv)
-    from pdp.service.balance import BalanceError, RoundRobin
-
     port = int(listen.rpartition(":")[2])
     try:
         balancer: RoundRobin | None = RoundRobin(workers)

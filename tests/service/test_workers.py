@@ -253,3 +253,30 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_unusable_policies_stop_the_start_with_the_reason(tmp_path: Path) -> None:
+    policies = copy_policies(tmp_path / "policies")
+    (policies / "examples" / "broken.cedar").write_text("permit (principal,")
+    result = subprocess.run(
+        [
+            PDP,
+            "serve",
+            "--dev",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--policies",
+            str(policies),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "are not usable" in result.stdout and "broken.cedar:1" in result.stdout
+    assert "did not start" in result.stderr
