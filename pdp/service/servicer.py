@@ -120,18 +120,6 @@ class DecisionCore:
             log.exception("shadow evaluation failed")
             return [None] * len(requests)
 
-    def decide(
-        self,
-        messages: Sequence[pb.CheckRequest | bytes],
-        grant: CallerGrant,
-        *,
-        method: str,
-        started_ns: int,
-        timeout: float | None,
-    ) -> list[pb.CheckResponse]:
-        """One response per message, in order. ``bytes`` are decoded here."""
-        return self.decide_calls([PendingCall(messages, grant, method, started_ns, timeout)])[0]
-
     def decide_calls(self, calls: Sequence[PendingCall]) -> list[list[pb.CheckResponse]]:
         """Decides the requests of several calls together (one policy version, one
         Cedar batch, one audit submission); one list of responses per call."""
