@@ -184,9 +184,30 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from pdp.service.commands import call
+    from pdp.client import Client, ClientError, identity_from_options
 
-    return call(read_json_input(args.request), ClientOptions.from_args(args))
+    options = ClientOptions.from_args(args)
+    data = read_json_input(args.request)
+    try:
+        identity = identity_from_options(options)
+    except ClientError as exc:
+        _fail(str(exc))
+    try:
+        # A failure is an error here (exit 2), not a made-up deny printed as an answer.
+        with Client(
+            options.target,
+            identity,
+            timeout=options.timeout,
+            on_failure="raise",
+            server_name=options.server_name,
+        ) as client:
+            result = client.check(data)
+    except ClientError as exc:
+        _fail(str(exc))
+    finally:
+        identity.close()
+    print_json(result.to_json())
+    return EXIT_OK if result.allowed else EXIT_DENY
 
 
 # --- parser ----------------------------------------------------------------------
@@ -288,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request", metavar="REQUEST.json")
     p.add_argument("--target", default=DEFAULT_TARGET, metavar="HOST:PORT")
     add_client_identity_options(p)
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of the call"
+    )
     p.set_defaults(handler=cmd_call)
 
     return parser

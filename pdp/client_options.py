@@ -63,5 +63,7 @@ def add_client_identity_options(parser: argparse.ArgumentParser | argparse._Argu
         "--server-id", metavar="SPIFFE_ID", help="the SPIFFE ID the server must have"
     )
     parser.add_argument(
-        "--server-name", metavar="NAME", help="TLS name to check (default: the target's host)"
+        "--server-name",
+        metavar="NAME",
+        help="TLS server name (SNI) to send; the server's SPIFFE ID is what is checked",
     )

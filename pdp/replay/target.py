@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from pdp.client_options import ClientOptions
-from pdp.model import Decision, Effect, Reason
+from pdp.model import Decision, Effect
 from pdp.replay.records import RecordedDecision
 from pdp.replay.redecide import Failed, Outcome
 
@@ -112,85 +112,66 @@ def performance_json(stats: SendStats, options: TargetOptions) -> dict[str, Any]
     }
 
 
-def _client_files(options: TargetOptions) -> tuple[bytes, bytes, bytes, str]:
-    """(cert chain, key, bundle, expected server ID), exactly as ``pdp call`` finds them."""
-    from pdp.service.commands import client_identity
-
-    try:
-        return client_identity(options.client)
-    except (OSError, ValueError) as exc:
-        raise TargetError(str(exc)) from None
-
-
 class GrpcSender:
-    """Sends recorded requests to one pdp; ``decide`` is a replay decider."""
+    """Sends recorded requests to one pdp through :class:`pdp.client.Client`;
+    ``decide`` is a replay decider."""
 
     def __init__(self, options: TargetOptions) -> None:
-        import grpc
+        from pdp.client import Client, ClientError, identity_from_options
 
-        from pdp._proto.pdp.v1 import decision_pb2 as pb
-        from pdp.service.servicer import CHECK_METHOD
-        from pdp.service.tls import ServerIdentityError, open_verified_channel, parse_target
-
+        client_options = options.client
         try:
-            parse_target(options.client.target)
-        except ServerIdentityError as exc:
+            self._identity = identity_from_options(client_options)
+        except ClientError as exc:
             raise TargetError(str(exc)) from None
-        cert, key, bundle, server_id = _client_files(options)
         try:
-            self._channel = open_verified_channel(
-                options.client.target,
-                expected_id=server_id,
-                bundle_pem=bundle,
-                cert_chain_pem=cert,
-                key_pem=key,
-                server_name=options.client.server_name,
-                timeout=options.client.timeout,
+            # Every failure is reported per record (replay counts them), never as a deny,
+            # and a record is sent once: no retries that would distort the timings.
+            self._client = Client(
+                client_options.target,
+                self._identity,
+                timeout=client_options.timeout,
+                attempts=1,
+                on_failure="raise",
+                server_name=client_options.server_name,
             )
-        except ServerIdentityError as exc:
+        except ClientError as exc:
+            self._identity.close()
             raise TargetError(str(exc)) from None
         self.options = options
         self.stats = SendStats()
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=options.client.timeout)
-        except grpc.FutureTimeoutError:
-            self._channel.close()
-            raise TargetError(f"cannot connect to {options.client.target} over mTLS") from None
-        self._check = self._channel.unary_unary(
-            CHECK_METHOD,
-            request_serializer=pb.CheckRequest.SerializeToString,
-            response_deserializer=pb.CheckResponse.FromString,
-        )
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="pdp-replay")
         self._slots = threading.BoundedSemaphore(options.concurrency)
         self._lock = threading.Lock()
         self._next_at = 0.0
 
+    def connect(self) -> None:
+        """Makes one connection now, so that its set-up and the server's SPIFFE ID check
+        are neither in the first latency nor deferred to the first record."""
+        from pdp.client import DecisionUnavailable
+
+        try:
+            self._client.wait_until_connected()
+        except DecisionUnavailable as exc:
+            raise TargetError(f"cannot connect to {self.options.client.target}: {exc}") from None
+
     def send(self, record: RecordedDecision) -> Outcome:
         """One recorded request as one Check call: the decision, or why there is none."""
-        import grpc
-        from google.protobuf import json_format
+        from pdp.client import DecisionUnavailable, InvalidRequestError
 
-        from pdp._proto.pdp.v1 import decision_pb2 as pb
-        from pdp.service.convert import response_json
-
-        try:
-            message = json_format.ParseDict(dict(record.request), pb.CheckRequest())
-        except json_format.ParseError as exc:
-            return self._failed("invalid_request", f"not a pdp.v1.CheckRequest: {exc}")
         started = time.perf_counter()
         try:
-            response = self._check(message, timeout=self.options.client.timeout)
-        except grpc.RpcError as exc:
-            code = exc.code().name if exc.code() is not None else "UNKNOWN"
-            return self._failed(code, f"{code}: {exc.details()}")
+            result = self._client.check(dict(record.request))
+        except InvalidRequestError as exc:
+            return self._failed("invalid_request", str(exc))
+        except DecisionUnavailable as exc:
+            return self._failed(exc.code, str(exc))
         elapsed = time.perf_counter() - started
-        answer = response_json(response)
         decision = Decision(
-            Effect(answer["decision"]),
-            tuple(Reason(r["policy"], r["message"]) for r in answer["reasons"]),
-            answer["policy_version"],
-            tuple(answer["errors"]),
+            Effect.ALLOW if result.allowed else Effect.DENY,
+            result.reasons,
+            result.policy_version,
+            result.errors,
         )
         with self._lock:
             self.stats.answered += 1
@@ -232,7 +213,8 @@ class GrpcSender:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._channel.close()
+        self._client.close()
+        self._identity.close()
 
     def __enter__(self) -> GrpcSender:
         return self
@@ -248,7 +230,10 @@ class GrpcSender:
 
 def open_sender(options: TargetOptions) -> GrpcSender:
     """Connects to the target and checks its SPIFFE ID; raises :class:`TargetError`."""
+    sender = GrpcSender(options)
     try:
-        return GrpcSender(options)
-    except (OSError, ValueError) as exc:  # e.g. unreadable or malformed PEM files
-        raise TargetError(f"cannot set up mTLS to {options.client.target}: {exc}") from None
+        sender.connect()
+    except TargetError:
+        sender.close()
+        raise
+    return sender

@@ -8,7 +8,6 @@ after a graceful stop and 2 when it cannot start; ``call`` exits 0 on allow, 1 o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pdp.client_options import ClientOptions
-from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
+from pdp.identity.devca import DEV_TRUST_DOMAIN
 from pdp.service.config import (
     DEFAULT_STATE_DIR,
     CallerBinding,
@@ -354,123 +352,3 @@ def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str)
             " --cert SVID.pem --key SVID.key --bundle BUNDLE.pem"
         )
     return lines
-
-
-# --- call -------------------------------------------------------------------------
-
-
-def call(data: Any, options: ClientOptions) -> int:
-    """Sends one request (``pdp check`` JSON) to a server and prints the decision."""
-    import grpc
-    from google.protobuf import json_format
-
-    from pdp._proto.pdp.v1 import decision_pb2 as pb
-    from pdp.service.convert import response_json
-    from pdp.service.servicer import CHECK_METHOD
-    from pdp.service.tls import ServerIdentityError, open_verified_channel, parse_target
-
-    try:
-        parse_target(options.target)
-    except ServerIdentityError as exc:
-        return _error(str(exc))
-    try:
-        cert, key, bundle, server_id = client_identity(options)
-    except (OSError, ValueError) as exc:
-        return _error(str(exc))
-    try:
-        request = json_format.ParseDict(data, pb.CheckRequest())
-    except json_format.ParseError as exc:
-        return _error(f"the request is not a pdp.v1.CheckRequest: {exc}")
-    try:
-        channel = open_verified_channel(
-            options.target,
-            expected_id=server_id,
-            bundle_pem=bundle,
-            cert_chain_pem=cert,
-            key_pem=key,
-            server_name=options.server_name,
-            timeout=options.timeout,
-        )
-    except ServerIdentityError as exc:
-        return _error(str(exc))
-    with channel:
-        check = channel.unary_unary(
-            CHECK_METHOD,
-            request_serializer=pb.CheckRequest.SerializeToString,
-            response_deserializer=pb.CheckResponse.FromString,
-        )
-        try:
-            response = check(request, timeout=options.timeout)
-        except grpc.RpcError as exc:
-            return _error(f"call failed: {exc.code().name}: {exc.details()}")
-    print(json.dumps(response_json(response), indent=2, ensure_ascii=False))
-    return EXIT_OK if response.decision == pb.DECISION_ALLOW else EXIT_DENY
-
-
-def client_identity(options: ClientOptions) -> tuple[bytes, bytes, bytes, str]:
-    """(SVID chain, key, server trust domain bundle, expected server ID), all PEM, from
-    --dev, --workload-api or --cert/--key/--bundle."""
-    chosen = [
-        name
-        for name, given in (
-            ("--dev", options.dev),
-            ("--workload-api", options.workload_api is not None),
-            ("--cert/--key/--bundle", bool(options.cert or options.key or options.bundle)),
-        )
-        if given
-    ]
-    if len(chosen) > 1:
-        raise ValueError(f"use only one of {' or '.join(chosen)}")
-    if options.dev:
-        state = DevState(Path(options.state_dir or DEFAULT_STATE_DIR), DEV_TRUST_DOMAIN)
-        if not state.gateway_cert_file.exists():
-            raise ValueError(
-                f"no dev credentials in {state.state_dir}: start `pdp serve --dev` first"
-            )
-        return (
-            state.gateway_cert_file.read_bytes(),
-            state.gateway_key_file.read_bytes(),
-            state.bundle_file.read_bytes(),
-            options.server_id or state.server_id,
-        )
-    if not options.server_id:
-        raise ValueError("--server-id required (or --dev for the dev CA)")
-    if options.workload_api is not None:
-        return (*_from_workload_api(options.workload_api, options.server_id), options.server_id)
-    given = {"--cert": options.cert, "--key": options.key, "--bundle": options.bundle}
-    missing = [name for name, value in given.items() if not value]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required (or --dev, or --workload-api)")
-    assert options.cert and options.key and options.bundle
-    return (
-        Path(options.cert).read_bytes(),
-        Path(options.key).read_bytes(),
-        Path(options.bundle).read_bytes(),
-        options.server_id,
-    )
-
-
-def _from_workload_api(socket: str, server_id: str) -> tuple[bytes, bytes, bytes]:
-    """The caller's SVID from the Workload API, and the bundle of the server's trust
-    domain only (so that no other trust domain's CA can vouch for the server)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from pdp.identity.sources import IdentityError, WorkloadApiSource
-    from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
-
-    try:
-        trust_domain = parse_spiffe_id(server_id, require_path=True).trust_domain
-    except InvalidSpiffeId as exc:
-        raise ValueError(f"--server-id: {exc}") from None
-    try:
-        with WorkloadApiSource(socket or None) as source:
-            snapshot = source.current()
-    except IdentityError as exc:
-        raise ValueError(str(exc)) from None
-    roots = snapshot.bundles.for_trust_domain(trust_domain)
-    if not roots:
-        raise ValueError(
-            f"the Workload API gave no bundle for the server's trust domain {trust_domain}"
-        )
-    bundle = b"".join(root.public_bytes(Encoding.PEM) for root in roots)
-    return snapshot.cert_chain_pem, snapshot.private_key_pem, bundle

@@ -8,8 +8,6 @@ what a valid request is lives in the model.
 
 from __future__ import annotations
 
-from typing import Any
-
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
@@ -100,14 +98,3 @@ def check_response(decision: Decision, decision_id: str) -> pb.CheckResponse:
         policy_version=decision.policy_version,
         errors=list(decision.errors),
     )
-
-
-def response_json(response: pb.CheckResponse) -> dict[str, Any]:
-    """A response in the output shape of ``pdp check``, plus its ``decision_id``."""
-    return {
-        "decision": "allow" if response.decision == pb.DECISION_ALLOW else "deny",
-        "reasons": [{"policy": r.policy, "message": r.message} for r in response.reasons],
-        "errors": list(response.errors),
-        "policy_version": response.policy_version,
-        "decision_id": response.decision_id,
-    }

@@ -82,7 +82,7 @@ def test_pdp_call_errors_exit_2(dev_server: ServeProcess, tmp_path: Path) -> Non
     state = str(dev_server.state_dir)
     request = str(REQUESTS / "support-get-ticket.json")
     closed = pdp_call(request, "--dev", "--state-dir", state, "--target", "127.0.0.1:1")
-    assert closed.returncode == 2 and "handshake" in closed.stderr
+    assert closed.returncode == 2 and "pdp_unreachable" in closed.stderr
     no_state = pdp_call(request, "--dev", "--state-dir", str(tmp_path / "none"))
     assert no_state.returncode == 2 and "pdp serve --dev" in no_state.stderr
     not_a_request = tmp_path / "bad.json"

@@ -15,8 +15,9 @@ from google.protobuf import json_format
 
 from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.client.values import check_result
 from pdp.model import Decision, Effect, Limits, Reason, RequestError, parse_request
-from pdp.service.convert import check_response, request_data, response_json
+from pdp.service.convert import check_response, request_data
 
 from .conftest import REPO, REQUESTS
 
@@ -134,6 +135,6 @@ def test_out_of_range_timestamp_is_a_request_error() -> None:
 
 def test_response_prints_like_pdp_check() -> None:
     decision = Decision(Effect.ALLOW, (Reason("p.id", "because"),), "v1", ())
-    printed = response_json(check_response(decision, "id-1"))
+    printed = check_result(check_response(decision, "id-1")).to_json()
     assert printed == {**decision.to_json(), "decision_id": "id-1"}
     assert list(printed) == ["decision", "reasons", "errors", "policy_version", "decision_id"]
