@@ -118,8 +118,13 @@ def build_decision_record(
     *,
     time: datetime | None = None,
     method: str = "",
+    caller_time: str | None = None,
 ) -> dict[str, Any]:
     """The record of one decided request. ``time`` defaults to now (UTC).
+
+    ``caller_time`` is the ``time`` the caller sent to the service, which decides at
+    its own clock instead: kept apart from ``request.time`` (the time decided at), as
+    evidence of what was asked.
 
     ``request`` is the parsed :class:`Request`, or the data as received when it could
     not be parsed (the decision is then an ``invalid_request`` deny, and replay meets
@@ -147,6 +152,8 @@ def build_decision_record(
     }
     if method:
         record["method"] = method
+    if caller_time is not None:
+        record["caller_time"] = caller_time
     masked.extend(decision_masked)
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")

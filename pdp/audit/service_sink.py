@@ -49,6 +49,8 @@ class DecisionEventLike(Protocol):
     def decision(self) -> Decision: ...
     @property
     def latency_us(self) -> int: ...
+    @property
+    def caller_time(self) -> str | None: ...
 
 
 class RefusalEventLike(Protocol):
@@ -122,6 +124,7 @@ class AuditDecisionSink:
             getattr(event, "shadow", None),
             time=datetime.fromtimestamp(stamp, UTC),
             method=event.method,
+            caller_time=event.caller_time,
         )
 
     def record_refusal(self, event: RefusalEventLike) -> None:

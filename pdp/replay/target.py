@@ -11,10 +11,11 @@ excluded: the channel is connected and the server's SPIFFE ID checked before the
 first request). When the server cannot keep up, the achieved throughput falls below the
 target rate rather than calls queueing in the client.
 
-Two things differ from the recorded calls: the server sets ``gateway`` to *this*
+Three things differ from the recorded calls: the server sets ``gateway`` to *this*
 client's SPIFFE ID (policies on ``context.gateway`` may answer otherwise, and the
-caller must be bound to the recorded agents), and the server writes audit records for
-these calls like any other.
+caller must be bound to the recorded agents), it decides at its own clock (the
+recorded ``time`` is ignored: an intent that has expired since is denied), and the
+server writes audit records for these calls like any other.
 """
 
 from __future__ import annotations

@@ -6,6 +6,15 @@ on failure: a request it cannot read is an ``invalid_request`` deny, a caller as
 about an agent outside its binding gets ``caller_not_bound``, an unexpected exception
 is an ``internal_error`` deny and an unrecorded decision is ``audit_unavailable``.
 
+The service decides at its own clock: the decision time of every request is the
+server's clock when the call is decided, whatever ``time`` the request carries (a
+caller could otherwise backdate a request to revive an expired intent or step around a
+time-window policy). Such a ``time`` is ignored, not refused, so that gateways that
+stamp their requests keep working; it is kept apart in the audit record
+(``caller_time``). :func:`at_server_clock` is that rule: every front door feeds
+:meth:`DecisionCore.decide_calls`, which applies it. ``pdp check``, ``pdp test`` and
+replay decide at an explicit time instead.
+
 Requests arrive as raw bytes and are decoded here rather than by grpc, so that an
 undecodable ``Check`` is answered with a deny naming the problem (grpc itself would
 answer INTERNAL) and recorded like any other decision.
@@ -86,6 +95,13 @@ class PendingCall:
     timeout: float | None  # seconds left before the call's deadline
 
 
+def at_server_clock(data: dict[str, JsonValue]) -> str | None:
+    """Takes the caller's ``time`` out of request ``data`` (the service decides at its
+    own clock) and returns it, as sent, for the audit record; None when there was none."""
+    sent = data.pop("time", None)
+    return None if sent is None else str(sent)
+
+
 class DecisionCore:
     """Decides the requests of one call for an admitted caller; never raises."""
 
@@ -128,9 +144,10 @@ class DecisionCore:
         grants = [call.grant for call in calls for _ in call.messages]
         ids = [self._new_id() for _ in messages]
         datas: list[dict[str, JsonValue]] = [{} for _ in messages]
+        caller_times: list[str | None] = [None] * len(messages)
         requests: list[Request | None] = [None] * len(messages)
         try:
-            decisions = self._evaluate(engine, messages, grants, datas, requests)
+            decisions = self._evaluate(engine, messages, grants, datas, caller_times, requests)
         except Exception:
             log.exception("internal error deciding %d request(s)", len(ids))
             decisions = [_internal_error(engine.version)] * len(messages)
@@ -151,6 +168,7 @@ class DecisionCore:
                         decision=decisions[index],
                         latency_us=latency_us,
                         shadow=shadows[index],
+                        caller_time=caller_times[index],
                     )
                 )
                 index += 1
@@ -175,10 +193,11 @@ class DecisionCore:
         messages: Sequence[pb.CheckRequest | bytes],
         grants: Sequence[CallerGrant],
         datas: list[dict[str, JsonValue]],
+        caller_times: list[str | None],
         requests: list[Request | None],
     ) -> list[Decision]:
         limits = engine.limits
-        now = self._clock()
+        now = self._clock()  # the decision time of every request of this flush
         decisions: list[Decision | None] = [None] * len(messages)
         for index, message in enumerate(messages):
             grant = grants[index]
@@ -188,6 +207,7 @@ class DecisionCore:
                 data = request_data(message, limits)
                 # The gateway is whoever authenticated, whatever the request claims.
                 data["gateway"] = grant.caller.spiffe_id
+                caller_times[index] = at_server_clock(data)
                 datas[index] = data
                 request = parse_request(data, now=now, limits=limits)
             except RequestError as exc:

@@ -40,7 +40,9 @@ from pdp.model import Caller, Decision, JsonValue, Request
 class DecisionEvent:
     """One decided request. ``request`` is ``None`` when it could not be parsed (the
     decision is then an ``invalid_request`` deny); ``data`` is always the request as
-    received, in the JSON shape of ``pdp check``, with ``gateway`` set to the caller."""
+    received, in the JSON shape of ``pdp check``, with ``gateway`` set to the caller and
+    without ``time``: the service decides at its own clock, and a ``time`` the caller
+    sent is kept apart in ``caller_time`` (for the record, never for the decision)."""
 
     decision_id: str
     method: str  # full gRPC method, e.g. "/pdp.v1.DecisionService/Check"
@@ -50,6 +52,7 @@ class DecisionEvent:
     decision: Decision
     latency_us: int  # from receiving the call to having the decision, before recording
     shadow: Decision | None = None  # the shadow policy set's answer, recorded, never enforced
+    caller_time: str | None = None  # the ``time`` the caller sent (RFC 3339), ignored
 
 
 class RefusalCode(StrEnum):

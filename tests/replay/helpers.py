@@ -222,9 +222,12 @@ class Synthesized:
     by_template: dict[str, list[str]]  # template name -> decision ids
 
 
-def synthesize(engine: Engine | None = None, reps: int = REPS) -> Synthesized:
+def synthesize(
+    engine: Engine | None = None, reps: int = REPS, base: datetime = BASE_TIME
+) -> Synthesized:
     """Decision records for every template ``reps`` times, plus two refusals and one
-    service-level deny (caller_not_bound), as the service would log them."""
+    service-level deny (caller_not_bound), as the service would log them, from ``base``
+    on (a ``base`` of now gives intents still live for a server deciding at its clock)."""
     engine = engine or Engine(load_policies(POLICIES))
     records: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
@@ -232,7 +235,7 @@ def synthesize(engine: Engine | None = None, reps: int = REPS) -> Synthesized:
     index = 0
     for rep in range(reps):
         for position, template in enumerate(TEMPLATES):
-            at = BASE_TIME + timedelta(minutes=rep * len(TEMPLATES) + position)
+            at = base + timedelta(minutes=rep * len(TEMPLATES) + position)
             request = parse_request(request_data(template, at), now=at)
             decision = engine.decide(request)
             assert decision.effect.value == template.expect, (template.name, decision)
@@ -245,7 +248,7 @@ def synthesize(engine: Engine | None = None, reps: int = REPS) -> Synthesized:
             records.append(record)
             decisions.append(record)
             by_template[template.name].append(ident)
-        at = BASE_TIME + timedelta(minutes=rep * len(TEMPLATES), seconds=30)
+        at = base + timedelta(minutes=rep * len(TEMPLATES), seconds=30)
         records.append(
             build_refusal_record(
                 decision_id(index, at),
@@ -259,7 +262,7 @@ def synthesize(engine: Engine | None = None, reps: int = REPS) -> Synthesized:
         )
         index += 1
     # The service answers caller_not_bound without asking the policies: never replayed.
-    at = BASE_TIME + timedelta(hours=2)
+    at = base + timedelta(hours=2)
     request = parse_request(request_data(TEMPLATES[0], at), now=at)
     not_bound = deny(engine.version, "caller_not_bound", f"caller may not ask about {SUPPORT}")
     records.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,26 @@ from pdp.replay.cli import main
 from pdp.replay.target import LatencyHistogram
 from pdp.service import CallerBinding, DecisionServer, DevIdentity, ServiceConfig, open_identity
 from tests.replay.conftest import CandidateFactory
-from tests.replay.helpers import POLICIES, REPS, TEMPLATES, make_narrowing
+from tests.replay.helpers import (
+    POLICIES,
+    REPS,
+    TEMPLATES,
+    make_narrowing,
+    synthesize,
+    write_log,
+)
 
 DECISIONS = len(TEMPLATES) * REPS
 ServerFactory = Callable[[Path], tuple[str, Path]]
+
+
+@pytest.fixture(scope="module")
+def live_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthesized corpus recorded from now on: the server decides at its own clock,
+    so only intents that are still live replay unchanged against a target."""
+    log_dir = tmp_path_factory.mktemp("live") / "log"
+    write_log(synthesize(base=datetime.now(UTC)).records, log_dir)
+    return log_dir
 
 
 @pytest.fixture
@@ -76,10 +93,10 @@ def target(
 
 
 def test_replay_against_a_running_pdp(
-    capsys: pytest.CaptureFixture[str], serve: ServerFactory, shared_log: Path
+    capsys: pytest.CaptureFixture[str], serve: ServerFactory, live_log: Path
 ) -> None:
     address, state = serve(POLICIES)
-    code, report, err = target(capsys, address, state, "--rate", "2000", str(shared_log))
+    code, report, err = target(capsys, address, state, "--rate", "2000", str(live_log))
     assert code == 0, err
     assert report["mode"] == "target"
     assert report["candidate"] == {"target": address}
@@ -98,14 +115,28 @@ def test_replay_against_a_running_pdp(
     assert performance["throughput"] > 0
 
 
+def test_the_target_decides_at_its_own_clock(
+    capsys: pytest.CaptureFixture[str], serve: ServerFactory, shared_log: Path
+) -> None:
+    # Recorded in 2024 with intents live for five minutes: the recorded time is sent and
+    # ignored, so every allow under an intent is now denied as expired.
+    address, state = serve(POLICIES)
+    code, report, err = target(capsys, address, state, "--rate", "2000", str(shared_log))
+    assert code == 0, err
+    allows = sum(1 for t in TEMPLATES if t.expect == "allow") * REPS
+    assert report["totals"]["narrowed"] == allows
+    narrowed = {t["candidate"] for t in report["transitions"] if t["change"] == "narrowed"}
+    assert narrowed == {"floor.intent_expired"}
+
+
 def test_mismatches_and_rate(
     capsys: pytest.CaptureFixture[str],
     serve: ServerFactory,
-    shared_log: Path,
+    live_log: Path,
     candidate: CandidateFactory,
 ) -> None:
     address, state = serve(make_narrowing(candidate("narrow")))
-    args = ["--rate", "100", "--concurrency", "2", "--fail-on", "narrowed", str(shared_log)]
+    args = ["--rate", "100", "--concurrency", "2", "--fail-on", "narrowed", str(live_log)]
     code, report, err = target(capsys, address, state, *args)
     assert code == 1, err
     assert report["totals"]["narrowed"] == 2 * REPS
@@ -115,7 +146,7 @@ def test_mismatches_and_rate(
     assert report["performance"]["throughput"] <= 100 * 1.2
     # The table carries the performance section.
     main(["replay", "--no-progress", "--target", address, "--dev", "--state-dir", str(state),
-          "--rate", "1000", str(shared_log)])  # fmt: skip
+          "--rate", "1000", str(live_log)])  # fmt: skip
     out = capsys.readouterr().out
     assert "latency p99 (ms)" in out and "narrowed (allow -> deny)" in out
 
