@@ -186,6 +186,14 @@ def parse_time(field_name: str, value: JsonValue) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _unknown_field(prefix: str, keys: set[Any]) -> RequestError:
+    """Names the first unknown key; one that is not a plain name (empty, very long,
+    control characters) is quoted and cut, so the error stays readable and bounded."""
+    key = str(sorted(keys, key=str)[0])  # YAML (pdp test) may give non-string keys
+    label = key if _NAME_RE.fullmatch(key[:64]) and len(key) <= 64 else repr(key[:64])
+    return RequestError(f"{prefix}{label}", "unknown_field", "is not a known field")
+
+
 def _string(field_name: str, value: JsonValue, max_bytes: int) -> str:
     if not isinstance(value, str):
         raise RequestError(field_name, "type", "must be a string")
@@ -302,7 +310,7 @@ def _intent(value: JsonValue, limits: Limits) -> Intent | None:
         raise RequestError("intent", "type", "must be an object")
     unknown = set(value) - {"purpose", "tools", "expires_at"}
     if unknown:
-        raise RequestError(f"intent.{sorted(unknown)[0]}", "unknown_field", "is not a known field")
+        raise _unknown_field("intent.", unknown)
     purpose = _string("intent.purpose", value.get("purpose", ""), limits.max_name_bytes)
     tools_value = value.get("tools", [])
     if not isinstance(tools_value, list):
@@ -349,7 +357,7 @@ def parse_request(
         raise RequestError("request", "type", "must be a JSON object")
     unknown = set(data) - _REQUEST_FIELDS
     if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown_field", "is not a known request field")
+        raise _unknown_field("", unknown)
     if "agent" not in data:
         raise RequestError("agent", "required", "is required")
     agent = _spiffe("agent", data["agent"])

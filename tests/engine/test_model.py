@@ -60,6 +60,8 @@ def nest(depth: int) -> Any:
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("not an object", [], "request", "type"),  # type: ignore[list-item]
     ("unknown field", {**GOOD, "admin": True}, "admin", "unknown_field"),
+    ("unknown field with an empty name", {**GOOD, "": None}, "''", "unknown_field"),
+    ("unknown field, long name", {**GOOD, "a" * 500: 1}, repr("a" * 64), "unknown_field"),
     ("missing agent", {k: v for k, v in GOOD.items() if k != "agent"}, "agent", "required"),
     ("agent not spiffe", {**GOOD, "agent": "https://acme.test/x"}, "agent", "spiffe_id"),
     ("agent trailing newline", {**GOOD, "agent": "spiffe://acme.test/a\n"}, "agent", "spiffe_id"),
