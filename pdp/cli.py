@@ -173,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             watch=not args.no_watch,
             workers=args.workers,
             worker_index=args.worker_index,
+            metrics=args.metrics,
         )
     )
 
@@ -291,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="server processes on one port, each with its own engine and audit chain"
         " (a number or 'auto' for one per core; default: server.workers, 1)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics over plain HTTP (a bare port: loopback; with N workers,"
+        " worker K on PORT+K; default: config metrics_listen, none)",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_serve)

@@ -272,6 +272,9 @@ class AuditPipeline:
         self._help_at = max(1, self.config.queue_size // 2)
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[_Item] = deque()
+        # monotonic time the queue last went from empty to non-empty (None: empty); an
+        # upper bound on how long its oldest record has waited, for the lag gauge.
+        self._waiting_since: float | None = None
         # How the writer waits on _cond: 0 busy, _LINGER (notify only once _wake_at
         # records wait), _IDLE (queue empty: notify for the first record).
         self._writer_waits = 0
@@ -388,6 +391,8 @@ class AuditPipeline:
         lingers) and when enough are waiting. Under steady load nobody notifies: the
         writer wakes once per ``async_linger_s`` and takes everything."""
         queue = self._items
+        if not queue:
+            self._waiting_since = time.monotonic()
         queue.extend(items)
         self._submitted += len(items)
         waits = self._writer_waits
@@ -451,6 +456,12 @@ class AuditPipeline:
             healthy=self.healthy,
             last_error=self._last_error,
         )
+
+    def queue_lag(self) -> float:
+        """Seconds since the queue was last empty (0 when empty): how long its oldest
+        record has waited at most. Overstates rather than hides a writer falling behind."""
+        since = self._waiting_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Waits until every record submitted so far is written and synced (or failed)."""
@@ -536,7 +547,10 @@ class AuditPipeline:
             self._kicked = False
             count = min(len(self._items), config.max_batch)
             popleft = self._items.popleft
-            return [popleft() for _ in range(count)], self._closing
+            taken = [popleft() for _ in range(count)]
+            if not self._items:
+                self._waiting_since = None
+            return taken, self._closing
 
     def _loop(self) -> None:
         config = self.config

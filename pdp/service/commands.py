@@ -56,6 +56,7 @@ class ServeOptions:
     watch: bool = True
     workers: str | None = None  # a number or "auto"; None: the config's server.workers
     worker_index: int | None = None  # set in the processes `--workers N` starts
+    metrics: str | None = None  # PORT or HOST:PORT of the Prometheus endpoint
 
 
 def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
@@ -110,6 +111,8 @@ def serve(options: ServeOptions) -> int:
             changes["listen"] = options.listen
         if options.policies:
             changes["policies"] = Path(options.policies)
+        if options.metrics:
+            changes["metrics_listen"] = options.metrics
         if options.dev:
             state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
             changes["identity"] = DevIdentity(state_dir=state_dir)
@@ -199,6 +202,19 @@ def serve(options: ServeOptions) -> int:
         from pdp.service.sink import NullSink
 
         sink = NullSink()
+    metrics = None
+    if config.metrics_listen:
+        from pdp.service.metrics import MeteredSink, ServiceMetrics, audit_state
+
+        metrics = ServiceMetrics(
+            runtime,
+            worker=str(options.worker_index or 0),
+            identity=identity,
+            audit=audit_state(audit) if audit is not None else None,
+            serving=lambda: server.serving,
+        )
+        sink = MeteredSink(sink, metrics)
+        runtime.add_listener(metrics.on_reload)
     if options.watch:
         runtime.watch()
     # SIGHUP reloads; off the signal handler, which must return at once.
@@ -221,8 +237,26 @@ def serve(options: ServeOptions) -> int:
             server.start()
         except RuntimeError as exc:
             return _error(f"cannot listen on {config.listen}: {exc}")
+        endpoint = None
+        if metrics is not None:
+            from pdp.service.config import parse_metrics_listen
+            from pdp.service.metrics import MetricsEndpoint
+
+            host, port = parse_metrics_listen(config.metrics_listen)
+            try:
+                endpoint = MetricsEndpoint(
+                    metrics, host, port + (options.worker_index or 0) if port else 0
+                )
+            except ConfigError as exc:
+                server.stop(0)
+                return _error(str(exc))
         for line in _startup_lines(server, options, dev_note):
             print(f"pdp: {line}", flush=True)
+        if endpoint is not None:
+            print(
+                f"pdp: metrics on {endpoint.url} (worker {metrics.worker if metrics else 0})",
+                flush=True,
+            )
         if audit is not None:
             print(
                 f"pdp: audit log {audit.config.file.log_dir} ({options.audit_mode})"
@@ -242,6 +276,8 @@ def serve(options: ServeOptions) -> int:
             print(f"pdp: signal {signum}: draining (up to {grace:g} s)", flush=True)
 
         code = serve_until_signalled(server, on_signal=on_signal)
+        if endpoint is not None:
+            endpoint.close()
         runtime.close()
         if audit is not None:
             audit.close(10.0)
@@ -276,6 +312,7 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
             ("--audit-dir", str(audit_base)),
             ("--nats", options.nats),
             ("--shadow-policies", options.shadow_policies),
+            ("--metrics", options.metrics),
         ):
             if value:
                 argv += [flag, value]

@@ -23,6 +23,7 @@ Example (every key optional except what the identity source needs)::
       request: {max_arguments_bytes: 65536, max_depth: 16}
     rate_limit: {decisions_per_second: 2000, burst: 4000}
     server: {threads: 8, max_concurrent_rpcs: 256, max_connection_age_s: 300}
+    metrics_listen: 127.0.0.1:9464   # Prometheus /metrics, plain HTTP (default: none)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern, parse_trust
 from pdp.model import Limits
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".pdp-state")
 
 
@@ -153,6 +155,9 @@ class ServiceConfig:
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     rate_limit: RateLimit = field(default_factory=RateLimit)
     server: ServerOptions = field(default_factory=ServerOptions)
+    # Prometheus endpoint (pdp/service/metrics.py): PORT or HOST:PORT, "" for none. A
+    # bare port listens on loopback; with N workers, worker K takes PORT+K.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -165,6 +170,8 @@ def _check_config(config: ServiceConfig) -> None:
     host, sep, port = config.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"listen: {config.listen!r} must be HOST:PORT (PORT 0 picks a free one)")
+    if config.metrics_listen:
+        parse_metrics_listen(config.metrics_listen)
     positive = {
         "limits.max_message_bytes": config.limits.max_message_bytes,
         "limits.max_batch": config.limits.max_batch,
@@ -200,6 +207,19 @@ def _check_config(config: ServiceConfig) -> None:
                 parse_trust_domain(trust_domain)
             except InvalidSpiffeId as exc:
                 raise ConfigError(f"identity.bundles: {exc}") from None
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6); a bare port is loopback."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_METRICS_HOST, text
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"metrics_listen: {text!r} must be PORT or HOST:PORT (PORT 0 picks a free one)"
+        )
+    return host, int(port)
 
 
 # --- YAML ---------------------------------------------------------------------------
@@ -347,6 +367,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     root = _Section(data, "")
     defaults = ServiceConfig()
     listen = root.get("listen", str, defaults.listen)
+    metrics_listen = root.get("metrics_listen", (str, int), defaults.metrics_listen)
     policies = base / root.get("policies", str, str(defaults.policies))
     identity = _identity(root.section("identity"), base)
     callers = _callers(root.raw("callers"))
@@ -378,6 +399,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         limits=limits,
         rate_limit=rate_limit,
         server=server,
+        metrics_listen=str(metrics_listen),
     )
 
 
