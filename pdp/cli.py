@@ -184,6 +184,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return verify_main(args.rest)
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from pdp.replay.export import run_export
+
+    return run_export(args.sources, args.format, sys.stdout.buffer, follow=args.follow)
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     from pdp.client import Client, ClientError, identity_from_options
 
@@ -309,6 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("rest", nargs=argparse.REMAINDER)
     q.set_defaults(handler=cmd_audit_verify)
+    q = audit_sub.add_parser(
+        "export",
+        help="audit logs for a SIEM: OCSF API Activity events or the JSON Lines as logged",
+    )
+    q.add_argument(
+        "sources", nargs="+", metavar="LOG", help="log files, directories or nats:// URLs"
+    )
+    q.add_argument(
+        "--format",
+        choices=["ocsf", "jsonl"],
+        default="ocsf",
+        help="ocsf: one OCSF 1.8.0 event per decision and refusal (default);"
+        " jsonl: every line unchanged",
+    )
+    q.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep reading one live log file or directory (rotations followed) until interrupted",
+    )
+    q.set_defaults(handler=cmd_audit_export)
 
     add_replay_parser(sub)
 
