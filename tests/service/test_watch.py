@@ -422,6 +422,9 @@ def test_a_slow_watcher_is_cut_off_and_never_slows_decisions(
         answer = client.check(request_for())
         decided.append(answer)
         gets.append(answer.decision_id)
+        # The fast watcher reads as it goes: on a loaded machine its reader thread could
+        # otherwise fall a whole queue behind and be cut off itself, which is not under test.
+        assert wait_for(lambda: len(seen_fast) >= len(gets)), f"{len(seen_fast)} of {len(gets)}"
     for _ in range(5):
         answer = client.check(request_for())
         decided.append(answer)
