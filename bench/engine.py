@@ -124,6 +124,19 @@ def _schema(shape: Shape) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _input_schema(tool: str, kind: int) -> dict[str, Any]:
+    """The JSON Schema of a tool's input, the same shape as its Cedar declaration."""
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "maxLength": 64},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+            f"{tool}_{kind}": {"type": "string"},
+        },
+        "required": ["id"],
+    }
+
+
 def _inventory(shape: Shape) -> dict[str, Any]:
     groups = {f"g{g}": {"parents": [f"g{g // 8}"]} if g >= 8 else {} for g in range(shape.groups)}
     agents: dict[str, Any] = {}
@@ -134,7 +147,12 @@ def _inventory(shape: Shape) -> dict[str, Any]:
             member.append(second)
         agents[AGENT.format(a)] = {"groups": member, "attrs": {"team": f"t{a % 50}"}}
     servers = {
-        f"srv{s}": {"tools": {tool: {"groups": [group]} for tool, group in TOOLS}}
+        f"srv{s}": {
+            "tools": {
+                tool: {"groups": [group], "input_schema": _input_schema(tool, s % SERVER_KINDS)}
+                for tool, group in TOOLS
+            }
+        }
         for s in range(shape.servers)
     }
     return {"agent_groups": groups, "agents": agents, "servers": servers}

@@ -141,6 +141,7 @@ class Decision:
 
 # Built-in reason codes that do not come from a policy file.
 REASON_INVALID_REQUEST = "invalid_request"
+REASON_INVALID_ARGUMENTS = "invalid_arguments"  # arguments outside the tool's input schema
 REASON_DEFAULT_DENY = "default_deny"
 REASON_UNKNOWN_TOOL = "unknown_tool"
 REASON_EVALUATION_ERROR = "evaluation_error"
@@ -300,7 +301,10 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
 
 
 def encoded_size(arguments: Mapping[str, JsonValue]) -> int:
-    return len(json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode())
+    # surrogatepass: a lone surrogate (JSON "\ud800") is counted, not a crash; the
+    # engine's string hygiene refuses it by name.
+    text = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _intent(value: JsonValue, limits: Limits) -> Intent | None:

@@ -3,7 +3,10 @@
 Each tool becomes ``action "<server>/<tool>" in [Action::"<server>", …]`` with a
 typed ``context.input`` record built from the tool's JSON Schema ``inputSchema``.
 MCP tool annotations place tools in action groups: ``readOnlyHint`` -> ``read``,
-``destructiveHint`` -> ``destructive``, otherwise ``write``.
+``destructiveHint`` -> ``destructive``, otherwise ``write``. The inventory fragment
+(``--inventory``) keeps each tool's ``inputSchema`` as its ``input_schema``, which
+pdp enforces on every call (pdp.engine.arguments); a schema pdp could not enforce
+is refused here already, naming the tool.
 
 (The cedar-policy-mcp-schema-generator package targets a different model —
 namespaced actions named after the bare tool and its own context layout — so pdp
@@ -16,6 +19,7 @@ import json
 import re
 from typing import Any
 
+from pdp.engine.arguments import ArgumentSchemaError, ArgumentSettings, compile_arguments
 from pdp.model import DEFAULT_LIMITS, RequestError, check_name
 
 _IDENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -101,7 +105,7 @@ def from_mcp(document: Any, server: str) -> tuple[str, dict[str, Any]]:
             raise SchemaGenError(f"tool {tool.get('name')!r}: {exc.detail}") from None
         groups = _groups(tool)
         parents = ", ".join(f'Action::"{p}"' for p in [server, *groups])
-        input_type = record_type(tool.get("inputSchema") or {})
+        input_type = record_type(tool.get("inputSchema") or {})  # Cedar's view of the same schema
         description = " ".join(str(tool.get("description") or "").split())[:120]
         if description:
             lines.append(f"// {name}: {description}")
@@ -111,5 +115,12 @@ def from_mcp(document: Any, server: str) -> tuple[str, dict[str, Any]]:
             f"  context: {{ input: {input_type}, {_CONTEXT_TAIL} }}\n"
             f"}};"
         )
-        inventory_tools[name] = {"groups": groups}
+        input_schema = tool.get("inputSchema")
+        if input_schema is None:
+            input_schema = {"type": "object"}  # MCP requires one; absent means no arguments
+        try:
+            compile_arguments(f"{server}/{name}", input_schema, ArgumentSettings())
+        except ArgumentSchemaError as exc:
+            raise SchemaGenError(f"tool {name!r}: inputSchema: {exc}") from None
+        inventory_tools[name] = {"groups": groups, "input_schema": input_schema}
     return "\n".join(lines) + "\n", {"servers": {server: {"tools": inventory_tools}}}

@@ -33,18 +33,38 @@ action "crm/delete_ticket" in [Action::"crm", Action::"destructive"] appliesTo {
 };
 """
 
+TICKET_INPUT = {
+    "type": "object",
+    "properties": {"ticket_id": {"type": "string"}},
+    "required": ["ticket_id"],
+}
 MINI_INVENTORY = {
     "agent_groups": {"support": {}},
     "agents": {"spiffe://acme.test/agent/bot": {"groups": ["support"]}},
     "servers": {
         "crm": {
             "tools": {
-                "get_ticket": {"groups": ["read"]},
-                "delete_ticket": {"groups": ["destructive"]},
+                "get_ticket": {
+                    "groups": ["read"],
+                    "input_schema": {
+                        **TICKET_INPUT,
+                        "properties": {
+                            "ticket_id": {"type": "string"},
+                            "limit": {"type": "integer"},
+                        },
+                    },
+                },
+                "delete_ticket": {"groups": ["destructive"], "input_schema": TICKET_INPUT},
             }
         }
     },
 }
+# Any arguments: for inventories in tests about something else than argument checks.
+ANY_INPUT = {"type": "object", "additionalProperties": True}
+# MINI_INVENTORY with crm/get_ticket taking any arguments: lets a wrongly typed value
+# reach Cedar, for tests of what Cedar does then.
+LOOSE_INVENTORY = json.loads(json.dumps(MINI_INVENTORY))
+LOOSE_INVENTORY["servers"]["crm"]["tools"]["get_ticket"]["input_schema"] = ANY_INPUT
 
 READ_POLICY = """
 @id("support.read")

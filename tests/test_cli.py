@@ -208,7 +208,10 @@ def test_schema_from_mcp(
         capsys, "schema", "from-mcp", str(source), "--server", "github", "--inventory"
     )
     inventory = json.loads(out)
-    assert inventory["servers"]["github"]["tools"]["close_issue"] == {"groups": ["destructive"]}
+    assert inventory["servers"]["github"]["tools"]["close_issue"] == {
+        "groups": ["destructive"],
+        "input_schema": tools["result"]["tools"][1]["inputSchema"],
+    }
 
     # The generated declarations are a valid schema in the pdp model, usable by a policy.
     from tests.conftest import MINI_INVENTORY, MINI_SCHEMA

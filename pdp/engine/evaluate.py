@@ -25,12 +25,14 @@ from typing import Any
 import cedarpy
 from cedarpy import _internal
 
+from pdp.engine.arguments import ToolArguments, Violation
 from pdp.engine.source import PolicyUnit
 from pdp.engine.store import CompiledPolicies, policy_set_of
 from pdp.model import (
     DEFAULT_LIMITS,
     REASON_DEFAULT_DENY,
     REASON_EVALUATION_ERROR,
+    REASON_INVALID_ARGUMENTS,
     REASON_INVALID_REQUEST,
     Decision,
     Effect,
@@ -150,9 +152,14 @@ class Engine:
         *,
         cache_size: int = 16384,
         indexed: bool = True,
+        check_arguments: bool = True,
     ) -> None:
         self.compiled = compiled
         self.limits = limits
+        # Off only to measure what the check costs (bench/engine.py): never in a service.
+        self._arguments: dict[tuple[str, str], ToolArguments] = (
+            compiled.inventory.arguments if check_arguments else {}
+        )
         self._entities = compiled.entities._inner
         # Subsets in use (held by the selection cache), by positions: one Cedar set each.
         self._by_positions: weakref.WeakValueDictionary[tuple[int, ...], PolicySubset] = (
@@ -221,14 +228,24 @@ class Engine:
         if not requests:
             return []
         groups: dict[int, tuple[PolicySubset, list[int]]] = {}
+        answers: list[Decision | None] = [None] * len(requests)
+        arguments = self._arguments
         try:
             for position, request in enumerate(requests):
+                # The invalid_arguments floor rule: arguments outside the tool's declared
+                # input are denied before any policy sees them (an unknown tool has no
+                # schema here and meets the unknown_tool floor policy instead).
+                checks = arguments.get((request.server, request.tool))
+                if checks is not None:
+                    violations = checks.violations(request.arguments)
+                    if violations:
+                        answers[position] = self._invalid_arguments(violations)
+                        continue
                 subset = self.subset(request.agent, request.server, request.tool)
                 groups.setdefault(id(subset), (subset, []))[1].append(position)
-        except Exception as exc:  # any failure selecting policies is a deny
-            message = f"policy selection failed: {exc}"
+        except Exception as exc:  # any failure checking or selecting policies is a deny
+            message = f"argument check or policy selection failed: {exc}"
             return [deny(self.version, REASON_EVALUATION_ERROR, message) for _ in requests]
-        answers: list[Decision | None] = [None] * len(requests)
         for subset, positions in groups.values():
             for position, decision in zip(
                 positions, self._evaluate(subset, [requests[p] for p in positions]), strict=True
@@ -253,6 +270,10 @@ class Engine:
         except RequestError as exc:
             return self.invalid(exc)
         return self.decide(request)
+
+    def _invalid_arguments(self, violations: Sequence[Violation]) -> Decision:
+        reasons = tuple(Reason(REASON_INVALID_ARGUMENTS, v.message()) for v in violations)
+        return Decision(Effect.DENY, reasons, self.version)
 
     def invalid(self, error: RequestError) -> Decision:
         return deny(

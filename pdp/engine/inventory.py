@@ -11,17 +11,29 @@
         "crm": {
           "attrs": {"reserved_for": "acme.test"},
           "tools": {
-            "get_ticket": {"groups": ["read"]},
-            "delete_ticket": {"groups": ["destructive"]}
+            "get_ticket": {
+              "groups": ["read"],
+              "input_schema": {"type": "object", "required": ["ticket_id"],
+                               "properties": {"ticket_id": {"type": "string"}}}
+            },
+            "delete_ticket": {"groups": ["destructive"], "input_schema": {...},
+                              "arguments": {"raw_strings": ["note"]}}
           }
         }
-      }
+      },
+      "arguments": {"max_string_length": 4096, "max_items": 256}
     }
 
 It becomes Cedar entities: ``Agent`` (parents: ``AgentGroup``), ``AgentGroup``,
 ``McpServer`` (attribute ``tools``: the names of its tools, plus ``attrs``). Tool
 actions and their action groups are declared in the schema; pdp checks that the
 two agree, so a tool cannot silently fall out of a group.
+
+Every tool declares ``input_schema``, the JSON Schema of its arguments (MCP
+``tools/list`` ``inputSchema``), compiled here once (pdp.engine.arguments); the
+optional ``arguments`` settings, per tool over the top-level ones, relax how
+strictly calls are held to it. Tool entries are objects so that more per-tool
+data can join them.
 """
 
 from __future__ import annotations
@@ -31,12 +43,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdp.engine.arguments import (
+    ArgumentSchemaError,
+    ArgumentSettings,
+    ToolArguments,
+    compile_arguments,
+    parse_settings,
+)
 from pdp.engine.source import Diagnostic
 from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
 from pdp.model import DEFAULT_LIMITS, RequestError, check_name
 
 INVENTORY_FILE = "entities.json"
-_TOP_LEVEL = frozenset({"agent_groups", "agents", "servers"})
+_TOP_LEVEL = frozenset({"agent_groups", "agents", "servers", "arguments"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +65,7 @@ class Inventory:
     entities: tuple[dict[str, Any], ...]
     tools: frozenset[tuple[str, str]]  # (server, tool)
     tool_groups: dict[tuple[str, str], frozenset[str]]  # declared action groups per tool
+    arguments: dict[tuple[str, str], ToolArguments]  # compiled input schema per tool
 
 
 class InventoryError(ValueError):
@@ -169,6 +189,13 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
             }
         )
 
+    try:
+        defaults = parse_settings(data.get("arguments"), ArgumentSettings(), "arguments")
+    except ArgumentSchemaError as exc:
+        problem(str(exc))
+        defaults = ArgumentSettings()
+    arguments: dict[tuple[str, str], ToolArguments] = {}
+
     servers = data.get("servers", {}) or {}
     if not isinstance(servers, dict):
         problem("servers must be an object")
@@ -205,6 +232,26 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
                 continue
             known.add((server, tool))
             tool_groups[(server, tool)] = frozenset(declared)
+            where = f"servers.{server}.tools.{tool}"
+            if "input_schema" not in tool_spec:
+                problem(
+                    f"{where}: no input_schema (the JSON Schema of its arguments; capture it"
+                    " with `pdp schema from-mcp --inventory`)"
+                )
+                continue
+            try:
+                settings = parse_settings(
+                    tool_spec.get("arguments"), defaults, f"{where}.arguments"
+                )
+            except ArgumentSchemaError as exc:
+                problem(str(exc))
+                continue
+            try:
+                arguments[(server, tool)] = compile_arguments(
+                    f"{server}/{tool}", tool_spec["input_schema"], settings
+                )
+            except ArgumentSchemaError as exc:
+                problem(f"{where}.input_schema: {exc}")
         entities.append(
             {
                 "uid": _uid("McpServer", server),
@@ -214,4 +261,9 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
         )
     if problems:
         raise InventoryError(problems)
-    return Inventory(entities=tuple(entities), tools=frozenset(known), tool_groups=tool_groups)
+    return Inventory(
+        entities=tuple(entities),
+        tools=frozenset(known),
+        tool_groups=tool_groups,
+        arguments=arguments,
+    )

@@ -41,7 +41,7 @@ FLOOR_DIR = "floor"
 BUILTIN_FLOOR = Path(__file__).resolve().parent.parent / "floor"
 # Reason ids the engine itself produces; a policy must not reuse them.
 RESERVED_POLICY_IDS = frozenset(
-    {"default_deny", "invalid_request", "evaluation_error", "internal_error"}
+    {"default_deny", "invalid_request", "invalid_arguments", "evaluation_error", "internal_error"}
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pdp.engine import Engine, cedar_context, load_policies
 from pdp.model import Effect, parse_request
-from tests.conftest import EXAMPLE_POLICIES, READ_POLICY, PolicyDirFactory
+from tests.conftest import EXAMPLE_POLICIES, LOOSE_INVENTORY, READ_POLICY, PolicyDirFactory
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 AGENT = "spiffe://acme.test/agent/bot"
@@ -124,12 +124,17 @@ def test_author_forbid_is_reported(make_policy_dir: PolicyDirFactory) -> None:
 def test_evaluation_error_denies_and_names_the_policy(make_policy_dir: PolicyDirFactory) -> None:
     # The policy type-checks (limit is an optional Long) but a request sends a string:
     # the forbid errors, Cedar skips it, and the permit alone would allow. pdp denies.
+    # (The tool's input schema would refuse the string first: it takes any arguments here.)
     guard = (
         '@id("limit.guard")\n@reason("big searches are refused")\n'
         "forbid (principal, action, resource) when "
         "{ context.input has limit && context.input.limit > 100 };"
     )
-    engine = Engine(load_policies(make_policy_dir({"a.cedar": READ_POLICY, "g.cedar": guard})))
+    engine = Engine(
+        load_policies(
+            make_policy_dir({"a.cedar": READ_POLICY, "g.cedar": guard}, inventory=LOOSE_INVENTORY)
+        )
+    )
     assert ask(engine, arguments={"ticket_id": "T", "limit": 5})[0] == "allow"
     assert ask(engine, arguments={"ticket_id": "T", "limit": 500}) == ("deny", ["limit.guard"])
     decision = engine.decide_json(
@@ -153,7 +158,8 @@ def test_missing_attribute_is_an_evaluation_error_deny(make_policy_dir: PolicyDi
         '@id("needs.ticket")\n@reason("r")\npermit (principal, action, resource) when '
         '{ context.input.ticket_id like "T-*" };'
     )
-    engine = Engine(load_policies(make_policy_dir({"a.cedar": needs})))
+    # (ticket_id is required by the tool's input schema: it takes any arguments here.)
+    engine = Engine(load_policies(make_policy_dir({"a.cedar": needs}, inventory=LOOSE_INVENTORY)))
     effect, policies = ask(engine, arguments={})
     assert (effect, policies) == ("deny", ["needs.ticket"])
 
@@ -247,7 +253,9 @@ def test_policies_every_request_selects_are_named_right_when_shared(
         f'\nwhen {{ context.session != "s{i}" }};'
         for i in range(12)
     )
-    compiled = load_policies(make_policy_dir({"0.cedar": guard, "a.cedar": many}))
+    compiled = load_policies(
+        make_policy_dir({"0.cedar": guard, "a.cedar": many}, inventory=LOOSE_INVENTORY)
+    )
     indexed, full = Engine(compiled), Engine(compiled, indexed=False)
     assert indexed._common == 5  # the built-in floor and limit.guard
     for arguments, session in [

@@ -21,7 +21,7 @@ from pdp.engine import Engine, load_policies
 from pdp.engine.scope import ScanFallback, head_from_est, scan_head
 from pdp.engine.source import split_statements
 from pdp.model import Request, parse_request
-from tests.conftest import EXAMPLE_POLICIES, MINI_SCHEMA
+from tests.conftest import ANY_INPUT, EXAMPLE_POLICIES, MINI_SCHEMA
 
 NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 AGENTS = [f"spiffe://acme.test/agent/a{i}" for i in range(4)] + ["spiffe://acme.test/agent/x"]
@@ -106,7 +106,14 @@ def write_dir(root: Path, policies: list[tuple[str, ...]], tree: dict[str, list]
     inventory = {
         "agent_groups": groups,
         "agents": agents,
-        "servers": {"crm": {"tools": {"get_ticket": {}, "delete_ticket": {}}}},
+        "servers": {
+            "crm": {
+                "tools": {
+                    "get_ticket": {"input_schema": ANY_INPUT},
+                    "delete_ticket": {"input_schema": ANY_INPUT},
+                }
+            }
+        },
     }
     root.mkdir()
     (root / "schema.cedarschema").write_text(MINI_SCHEMA)

@@ -161,7 +161,7 @@ def test_group_cycles_are_named(make_policy_dir: PolicyDirFactory) -> None:
 
 def test_inventory_and_schema_must_agree(make_policy_dir: PolicyDirFactory) -> None:
     inventory = json.loads(json.dumps(MINI_INVENTORY))
-    inventory["servers"]["crm"]["tools"]["export"] = {}
+    inventory["servers"]["crm"]["tools"]["export"] = {"input_schema": {"type": "object"}}
     inventory["servers"]["crm"]["tools"]["get_ticket"]["groups"] = ["destructive"]
     del inventory["servers"]["crm"]["tools"]["delete_ticket"]
     found = problems(make_policy_dir(inventory=inventory))

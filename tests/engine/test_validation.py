@@ -34,7 +34,7 @@ from pdp.engine.scope import (
 )
 from pdp.engine.source import split_statements
 from pdp.engine.validation import SchemaClasses, confirm_valid, scan_heads, scope_text
-from tests.conftest import EXAMPLE_POLICIES, MINI_SCHEMA
+from tests.conftest import ANY_INPUT, EXAMPLE_POLICIES, MINI_SCHEMA
 
 TAIL = (
     "intent?: Intent, tool: ToolRef, agent: AgentRef, gateway: String, session: String, time: Time"
@@ -70,8 +70,8 @@ INVENTORY = {
     "agent_groups": {"g": {}},
     "agents": {"spiffe://acme.test/agent/a": {"groups": ["g"]}},
     "servers": {
-        "crm": {"tools": {"get": {}, "find": {}, "delete": {}}},
-        "git": {"tools": {"read": {}, "push": {}}},
+        "crm": {"tools": {t: {"input_schema": ANY_INPUT} for t in ("get", "find", "delete")}},
+        "git": {"tools": {t: {"input_schema": ANY_INPUT} for t in ("read", "push")}},
     },
 }
 ACTIONS = [*TOOLS, "admin", "all", "crm", "git", "read", "write", "ghost"]
