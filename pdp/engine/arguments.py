@@ -27,6 +27,7 @@ error naming the tool: a schema pdp cannot enforce must never pass silently.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -193,6 +194,7 @@ _BIDI_NAMES = {
 }
 
 
+_UNION_ERRORS = frozenset({"anyOf", "oneOfNotValid"})
 _SETTINGS_KEYS = frozenset({"allow_undeclared", "raw_strings", "max_string_length", "max_items"})
 
 
@@ -240,12 +242,52 @@ class ToolArguments:
             if "*" in self.settings.raw_strings:
                 return ()
             return tuple(self._hygiene(instance))
-        out = []
-        for error in self._validator.iter_errors(instance):
-            out.append(self._explain(error))
-            if len(out) >= MAX_REPORTED:
-                break
-        return tuple(sorted(out, key=lambda v: (v.path, v.rule)))
+        errors = list(itertools.islice(self._validator.iter_errors(instance), 4 * MAX_REPORTED))
+        # A union that no branch matches also leaves its properties "unevaluated":
+        # report why the closest branch failed, not that echo.
+        unions = {tuple(e.instance_path) for e in errors if e.kind.name in _UNION_ERRORS}
+        out: list[Violation] = []
+        for error in errors:
+            if error.kind.name == "unevaluatedProperties" and tuple(error.instance_path) in unions:
+                continue
+            out += (
+                self._explain_union(error)
+                if error.kind.name in _UNION_ERRORS
+                else [self._explain(error)]
+            )
+        unique = sorted(set(out), key=lambda v: (v.path, v.rule, v.detail))
+        return tuple(unique[:MAX_REPORTED])
+
+    def _explain_union(self, error: Any) -> list[Violation]:
+        """The errors of the branch that came closest; a type mismatch with every branch
+        is one ``type`` violation listing the types the branches accept."""
+        branches = [list(b) for b in (error.kind.as_dict().get("context") or [])]
+        at = list(error.instance_path)
+
+        def type_only(branch: list[Any]) -> bool:
+            return all(e.kind.name == "type" and list(e.instance_path) == at for e in branch)
+
+        candidates = [b for b in branches if b and not type_only(b)]
+        if not candidates:
+            kinds = [t for b in branches for e in b for t in _types(e.kind.as_dict().get("types"))]
+            if kinds:
+                return [
+                    Violation(
+                        format_path(at),
+                        "type",
+                        "must be of type " + " or ".join(dict.fromkeys(kinds)),
+                    )
+                ]
+            return [self._explain(error)]
+        best = max(candidates, key=lambda b: (max(len(e.instance_path) for e in b), -len(b)))
+        out: list[Violation] = []
+        for inner in best:
+            out += (
+                self._explain_union(inner)
+                if inner.kind.name in _UNION_ERRORS
+                else [self._explain(inner)]
+            )
+        return out
 
     def _explain(self, error: Any) -> Violation:
         path = format_path(error.instance_path)
@@ -469,14 +511,19 @@ def _tighten(
                 f"at {_pointer(where)}: $ref {ref!r} points outside the schema;"
                 " pdp resolves only references inside it (#/...)"
             )
+        combining = any(k in node for k in _COMBINING)
         if (
             value_position
             and not settings.allow_undeclared
-            and _is_objectish(node)
+            and (_is_objectish(node) or (combining and draft in _UNEVALUATED))
             and "additionalProperties" not in node
             and "unevaluatedProperties" not in node
         ):
-            if not any(k in node for k in _COMBINING):
+            # A value given by a $ref or a union ({"anyOf": [{"$ref": …}, {"type": "null"}]},
+            # as pydantic writes an optional model) is closed here too: unevaluatedProperties
+            # sees the properties the referenced or matching subschemas declare, and
+            # concerns objects only, so other values pass as before.
+            if not combining:
                 node["additionalProperties"] = False
             elif draft in _UNEVALUATED:
                 node["unevaluatedProperties"] = False
