@@ -19,7 +19,10 @@ import cedarpy
 
 from pdp.client_options import DEFAULT_TARGET, ClientOptions, add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
+from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
+from pdp.model import RequestError, deny, parse_intent, parse_request
 from pdp.policytest import SuiteError, discover, run_suites
+from pdp.proof import ProofConfig
 from pdp.replay.cli import add_replay_parser
 
 EXIT_OK, EXIT_DENY, EXIT_USAGE = 0, 1, 2
@@ -79,11 +82,96 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from pdp.proof import Prover
+
     data = read_json_input(args.request)
     engine = _load_engine(args.policies)
-    decision = engine.decide_json(data, now=datetime.now(UTC))
+    prover = _dev_prover(args.state_dir) if args.dev else Prover.unconfigured()
+    now = datetime.now(UTC)
+    try:
+        request = parse_request(data, now=now, limits=engine.limits)
+    except RequestError as exc:
+        decision = engine.invalid(exc)
+    else:
+        # Tokens are checked at the clock, as the service does; `time` is the policies'.
+        request, denial = prover.prove(request, now, engine.groups_of)
+        decision = (
+            deny(engine.version, denial.code, denial.message) if denial else engine.decide(request)
+        )
     print_json(decision.to_json())
     return EXIT_OK if decision.allowed else EXIT_DENY
+
+
+def _dev_state(state_dir: str | None) -> Any:
+    from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
+    from pdp.service.config import DEFAULT_STATE_DIR
+
+    return DevState(Path(state_dir) if state_dir else DEFAULT_STATE_DIR, DEV_TRUST_DOMAIN)
+
+
+def _dev_prover(state_dir: str | None) -> Any:
+    """Trusts the dev issuer, for the dev server's audience (as `pdp serve --dev`)."""
+    from pdp.proof import Prover
+    from pdp.proof.keys import KeyFiles
+    from pdp.proof.sign import ensure_dev_issuer
+    from pdp.proof.verify import NoJwtBundles
+    from pdp.service.commands import with_dev_issuer
+
+    state = _dev_state(state_dir)
+    dev = ensure_dev_issuer(state)
+    proof = with_dev_issuer(ProofConfig(), state.state_dir)
+    return Prover(
+        proof,
+        audience=lambda: state.server_id,
+        issuers=KeyFiles({dev.issuer: dev.jwks_file}),
+        jwt_bundles=NoJwtBundles(),
+    )
+
+
+def cmd_intent_sign(args: argparse.Namespace) -> int:
+    """Prints a signed intent: the dev issuer's (--dev) or a private JWK's (--key)."""
+    import json as json_module
+
+    from pdp.proof.jose import KEY_CLASSES
+    from pdp.proof.sign import intent_claims, sign_token
+
+    if args.dev == bool(args.key):
+        raise UsageError("sign with --dev (the dev issuer) or with --key JWK_FILE --issuer ISS")
+    if args.key:
+        if not args.issuer or not args.audience:
+            raise UsageError("--key needs --issuer (the tokens' iss) and --audience")
+        try:
+            jwk = json_module.loads(Path(args.key).read_text())
+            key = KEY_CLASSES[jwk.get("kty")].import_key(jwk)
+            if not key.is_private:
+                raise ValueError("it has no private part")
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise UsageError(f"{args.key}: not a private JWK (EC, RSA or OKP): {exc}") from None
+        issuer, audience = args.issuer, args.audience
+        alg = args.alg or {"EC": "ES256", "RSA": "RS256", "OKP": "EdDSA"}[jwk["kty"]]
+    else:
+        from pdp.proof.sign import ensure_dev_issuer
+
+        state = _dev_state(args.state_dir)
+        dev = ensure_dev_issuer(state)
+        key, issuer, alg = dev.key, dev.issuer, "ES256"
+        audience = args.audience or state.server_id
+    try:
+        parse_spiffe_id(args.agent, require_path=True)
+        parse_intent({"purpose": args.purpose, "tools": args.tools})
+    except (InvalidSpiffeId, RequestError) as exc:
+        raise UsageError(str(exc)) from None
+    claims = intent_claims(
+        issuer=issuer,
+        agent=args.agent,
+        audience=audience,
+        purpose=args.purpose,
+        tools=args.tools,
+        now=datetime.now(UTC),
+        lifetime_s=args.lifetime,
+    )
+    print(sign_token(claims, key, alg=alg))
+    return EXIT_OK
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -241,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("check", help="decide one request (JSON file or '-' for stdin)")
+    p.add_argument("--dev", action="store_true", help="trust the dev intent issuer (tokens)")
+    p.add_argument("--state-dir", metavar="DIR", help="dev state (default: .pdp-state)")
     _policies_option(p)
     p.add_argument("request", metavar="REQUEST.json")
     p.set_defaults(handler=cmd_check)
@@ -338,6 +428,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=cmd_audit_export)
 
     add_replay_parser(sub)
+
+    p = sub.add_parser("intent", help="signed intents")
+    intent_sub = p.add_subparsers(dest="intent_command", required=True)
+    q = intent_sub.add_parser(
+        "sign", help="print a signed intent (compact JWS) for tests and demos"
+    )
+    q.add_argument("--agent", required=True, metavar="SPIFFE_ID", help="the token's sub")
+    q.add_argument("--purpose", required=True)
+    q.add_argument(
+        "--tool",
+        dest="tools",
+        action="append",
+        required=True,
+        metavar="SERVER/TOOL",
+        help="a tool the intent covers ('server/tool' or 'server/*'); repeat for more",
+    )
+    q.add_argument("--audience", metavar="SPIFFE_ID", help="pdp's ID (--dev: the dev server's)")
+    q.add_argument("--lifetime", type=int, default=300, metavar="SECONDS")
+    q.add_argument("--dev", action="store_true", help="sign as the dev state's intent issuer")
+    q.add_argument("--state-dir", metavar="DIR", help="dev state (default: .pdp-state)")
+    q.add_argument("--key", metavar="JWK_FILE", help="sign with this private JWK instead")
+    q.add_argument("--issuer", metavar="ISS", help="with --key: the issuer's name (iss)")
+    q.add_argument("--alg", help="with --key: the algorithm (default by key type)")
+    q.set_defaults(handler=cmd_intent_sign)
 
     p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
     p.add_argument("request", metavar="REQUEST.json")

@@ -74,8 +74,61 @@ class Intent:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenDigest:
+    """What is kept of a token (a signed intent, a JWT-SVID): never the token itself."""
+
+    sha256: str  # of the compact JWS text
+    issuer: str = ""  # the intent's ``iss``; a JWT-SVID's trust domain
+    jti: str = ""
+    key_id: str = ""
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {"sha256": self.sha256}
+        for name in ("issuer", "jti", "key_id"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What pdp verified about a request's tokens (pdp.proof), never what a caller says.
+
+    ``intent_issuer`` is the issuer whose signature over the intent verified ("": the
+    intent is not signed); ``agent_proven`` says a JWT-SVID of the request's agent, for
+    pdp's audience, verified. The digests are kept for the audit log, also for tokens
+    that were refused.
+    """
+
+    intent_issuer: str = ""
+    agent_proven: bool = False
+    intent_token: TokenDigest | None = None
+    agent_token: TokenDigest | None = None
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {}
+        if self.intent_issuer:
+            out["intent_issuer"] = self.intent_issuer
+        if self.agent_proven:
+            out["agent_proven"] = True
+        if self.intent_token is not None:
+            out["intent_token"] = self.intent_token.to_json()
+        if self.agent_token is not None:
+            out["agent_token"] = self.agent_token.to_json()
+        return out
+
+
+NO_PROOF = Proof()
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
-    """One question: may ``agent`` call ``server``/``tool`` with ``arguments``?"""
+    """One question: may ``agent`` call ``server``/``tool`` with ``arguments``?
+
+    ``intent_token`` and ``agent_svid`` are the tokens as received (compact JWS); they
+    are never rendered by :meth:`to_json`, so never recorded. ``proof`` is set only by
+    :mod:`pdp.proof` after verifying them (or from a recorded decision, for replay).
+    """
 
     agent: str
     server: str
@@ -85,6 +138,9 @@ class Request:
     intent: Intent | None = None
     session: str = ""
     gateway: str = ""
+    intent_token: str = field(default="", repr=False)
+    agent_svid: str = field(default="", repr=False)
+    proof: Proof = NO_PROOF
 
     def to_json(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = {
@@ -100,6 +156,8 @@ class Request:
         if self.gateway:
             out["gateway"] = self.gateway
         out["time"] = format_time(self.time)
+        if self.proof != NO_PROOF:
+            out["proof"] = self.proof.to_json()
         return out
 
 
@@ -307,9 +365,9 @@ def encoded_size(arguments: Mapping[str, JsonValue]) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _intent(value: JsonValue, limits: Limits) -> Intent | None:
-    if value is None:
-        return None
+def parse_intent(value: JsonValue, limits: Limits = DEFAULT_LIMITS) -> Intent:
+    """An intent object (``purpose``, ``tools``, ``expires_at``), from a request or from
+    the claims of a signed intent; raises :class:`RequestError`."""
     if not isinstance(value, dict):
         raise RequestError("intent", "type", "must be an object")
     unknown = set(value) - {"purpose", "tools", "expires_at"}
@@ -341,8 +399,56 @@ def _intent(value: JsonValue, limits: Limits) -> Intent | None:
 
 
 _REQUEST_FIELDS = frozenset(
-    {"agent", "server", "tool", "arguments", "intent", "session", "gateway", "time"}
+    {"agent", "server", "tool", "arguments", "intent", "session", "gateway", "time", "agent_svid"}
 )
+# Bounds what a request can carry as a token before pdp.proof looks at it; pdp.proof's
+# own (smaller, configurable) limit is the one that denies with ``*_too_large``.
+MAX_TOKEN_FIELD_BYTES = 64 * 1024
+
+
+def _intent_field(value: JsonValue, limits: Limits) -> tuple[Intent | None, str]:
+    """The request's ``intent``: an object (unsigned), or ``{"token": COMPACT_JWS}``."""
+    if value is None:
+        return None, ""
+    if isinstance(value, dict) and "token" in value:
+        if len(value) != 1:
+            raise RequestError(
+                "intent.token",
+                "exclusive",
+                "a signed intent carries its purpose and tools inside the token;"
+                " send either {token} or {purpose, tools, expires_at}",
+            )
+        return None, _token("intent.token", value["token"])
+    return parse_intent(value, limits), ""
+
+
+def _token(field_name: str, value: JsonValue) -> str:
+    text = _string(field_name, value, MAX_TOKEN_FIELD_BYTES)
+    if not text:
+        raise RequestError(field_name, "required", "is empty (leave the field out instead)")
+    return text
+
+
+def _recorded_proof(value: JsonValue) -> Proof:
+    """A recorded ``proof`` (audit log, for replay): what was verified then."""
+    if not isinstance(value, dict):
+        raise RequestError("proof", "type", "must be an object")
+
+    def digest(name: str) -> TokenDigest | None:
+        item = value.get(name)
+        if not isinstance(item, dict):
+            return None
+        return TokenDigest(
+            **{k: str(item.get(k, "")) for k in ("sha256", "issuer", "jti", "key_id")}
+        )
+
+    issuer = value.get("intent_issuer", "")
+    return Proof(
+        intent_issuer=issuer if isinstance(issuer, str) else "",
+        agent_proven=value.get("agent_proven") is True,
+        intent_token=digest("intent_token"),
+        agent_token=digest("agent_token"),
+    )
 
 
 def parse_request(
@@ -351,15 +457,25 @@ def parse_request(
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
     arguments_size: int | None = None,
+    recorded: bool = False,
 ) -> Request:
     """Builds a :class:`Request` from untrusted JSON data, or raises :class:`RequestError`.
 
     ``now`` is used when the request carries no ``time``. ``arguments_size``, when
     the caller already knows the encoded size (e.g. from the wire), saves re-encoding.
+    ``recorded`` is for requests read back from the audit log (replay): only they may
+    carry a ``proof``, what pdp verified when it decided. From a caller it is refused.
     """
     if not isinstance(data, dict):
         raise RequestError("request", "type", "must be a JSON object")
-    unknown = set(data) - _REQUEST_FIELDS
+    if "proof" in data and not recorded:
+        raise RequestError(
+            "proof",
+            "reserved",
+            "is what pdp verified, never set by a caller; send the tokens instead"
+            " (intent.token, agent_svid)",
+        )
+    unknown = set(data) - _REQUEST_FIELDS - ({"proof"} if recorded else set())
     if unknown:
         raise _unknown_field("", unknown)
     if "agent" not in data:
@@ -382,7 +498,9 @@ def parse_request(
             "too_large",
             f"encoded size {size} exceeds {limits.max_arguments_bytes} bytes",
         )
-    intent = _intent(data.get("intent"), limits)
+    intent, intent_token = _intent_field(data.get("intent"), limits)
+    agent_svid = _token("agent_svid", data["agent_svid"]) if "agent_svid" in data else ""
+    proof = _recorded_proof(data["proof"]) if "proof" in data else NO_PROOF
     session = _string("session", data.get("session", ""), limits.max_name_bytes)
     gateway_value = data.get("gateway", "")
     gateway = _spiffe("gateway", gateway_value) if gateway_value else ""
@@ -396,4 +514,7 @@ def parse_request(
         intent=intent,
         session=session,
         gateway=gateway,
+        intent_token=intent_token,
+        agent_svid=agent_svid,
+        proof=proof,
     )

@@ -12,12 +12,22 @@ A suite is a YAML or JSON file named ``*.test.yaml``, ``*.test.yml`` or ``*.test
                   intent: {purpose: triage, tools: [crm/get_ticket]}}
         expect: allow               # allow | deny
         policies: [support.read_tickets]   # optional: exactly these reason ids
+      - name: pays under a signed intent, proven
+        request: {server: payments, tool: create_payment, ...}
+        proof: {intent_issuer: https://approvals.acme.test, agent_proven: true}
+        expect: allow
+
+``proof`` stands for tokens pdp verified (pdp.proof): the request's intent counts as
+signed by ``intent_issuer`` and the agent as proven by its JWT-SVID. The signatures
+themselves are tested by pdp's own suite; a policy suite tests what policies make of
+them.
 
 Cases without a ``time`` use a fixed instant, so suites are deterministic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterable, Iterator
@@ -29,7 +39,7 @@ from typing import Any
 import yaml
 
 from pdp.engine import Engine
-from pdp.model import Decision
+from pdp.model import NO_PROOF, Decision, Proof, RequestError, parse_request
 
 SUITE_PATTERNS = ("*.test.yaml", "*.test.yml", "*.test.json")
 FIXED_TIME = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -78,6 +88,32 @@ def _summary(decision: Decision, with_policies: bool) -> dict[str, Any]:
     return out
 
 
+def _proof(path: Path, name: str, value: Any) -> Proof:
+    if value is None:
+        return NO_PROOF
+    if not isinstance(value, dict) or set(value) - {"intent_issuer", "agent_proven"}:
+        raise SuiteError(
+            f"{path}: case {name!r}: 'proof' is {{intent_issuer: ISSUER, agent_proven: BOOL}}"
+        )
+    issuer, proven = value.get("intent_issuer", ""), value.get("agent_proven", False)
+    if not isinstance(issuer, str) or not isinstance(proven, bool):
+        raise SuiteError(
+            f"{path}: case {name!r}: proof.intent_issuer is a string,"
+            " proof.agent_proven true or false"
+        )
+    return Proof(intent_issuer=issuer, agent_proven=proven)
+
+
+def _decide(engine: Engine, data: dict[str, Any], proof: Proof) -> Decision:
+    try:
+        request = parse_request(data, now=FIXED_TIME, limits=engine.limits)
+    except RequestError as exc:
+        return engine.invalid(exc)
+    if proof != NO_PROOF:
+        request = dataclasses.replace(request, proof=proof)
+    return engine.decide(request)
+
+
 def run_suite(engine: Engine, path: Path) -> Iterator[CaseResult]:
     data = _load(path)
     defaults = data.get("defaults") or {}
@@ -97,7 +133,7 @@ def run_suite(engine: Engine, path: Path) -> Iterator[CaseResult]:
         ):
             raise SuiteError(f"{path}: case {name!r}: 'policies' must be a list of @id strings")
         request = {**defaults, **case["request"]}
-        decision = engine.decide_json(request, now=FIXED_TIME)
+        decision = _decide(engine, request, _proof(path, name, case.get("proof")))
         expected: dict[str, Any] = {"decision": expect}
         if policies is not None:
             expected["policies"] = sorted(policies)

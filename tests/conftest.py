@@ -16,9 +16,9 @@ MINI_SCHEMA = """
 entity AgentGroup in [AgentGroup];
 entity Agent in [AgentGroup];
 entity McpServer { tools: Set<String>, reserved_for?: String };
-type Intent = { purpose: String, tools: Set<String>, expires_at?: Long };
+type Intent = { purpose: String, tools: Set<String>, expires_at?: Long, signed: Bool, issuer: String };
 type ToolRef = { server: String, name: String, ref: String, server_wildcard: String };
-type AgentRef = { trust_domain: String, path: String };
+type AgentRef = { trust_domain: String, path: String, proven: Bool };
 type Time = { epoch: Long, hour: Long, weekday: Long };
 action "crm", "read", "destructive";
 action "crm/get_ticket" in [Action::"crm", Action::"read"] appliesTo {

@@ -8,6 +8,8 @@ See ``RECORD.md`` beside this file for the field table.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -69,10 +71,29 @@ def _request_json(request: Request, redactor: Redactor) -> tuple[dict[str, Any],
     return out, paths
 
 
+def _token_digest(token: Any) -> dict[str, str]:
+    text = token if isinstance(token, str) else json.dumps(token, default=str)
+    return {"sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
+def _without_tokens(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its tokens (``intent.token``, ``agent_svid``) replaced by their
+    SHA-256: a token is a bearer credential and is never written to the log."""
+    out = dict(data)
+    intent = out.get("intent")
+    if isinstance(intent, Mapping) and "token" in intent:
+        out["intent"] = {**intent, "token": _token_digest(intent["token"])}
+    if "agent_svid" in out:
+        out["agent_svid"] = _token_digest(out["agent_svid"])
+    return out
+
+
 def _raw_request_json(
     data: Mapping[str, Any], redactor: Redactor
 ) -> tuple[dict[str, Any], list[str]]:
-    """A request that failed to parse, as received (bounded by the service), redacted."""
+    """A request that failed to parse, as received (bounded by the service), redacted,
+    its tokens replaced by their hashes."""
+    data = _without_tokens(data)
     rest = {k: v for k, v in data.items() if k != "arguments"}
     out, masked = redactor.value(rest, "request")
     paths = list(masked)

@@ -63,14 +63,25 @@ def cedar_context(request: Request) -> dict[str, JsonValue]:
             "ref": f"{request.server}/{request.tool}",
             "server_wildcard": f"{request.server}/*",
         },
-        "agent": {"trust_domain": trust_domain, "path": "/" + path},
+        "agent": {
+            "trust_domain": trust_domain,
+            "path": "/" + path,
+            # A JWT-SVID of this agent, for pdp's audience, verified (pdp.proof).
+            "proven": request.proof.agent_proven,
+        },
         "gateway": request.gateway,
         "session": request.session,
         "time": {"epoch": int(when.timestamp()), "hour": when.hour, "weekday": when.weekday()},
     }
     intent = request.intent
     if intent is not None:
-        record: dict[str, JsonValue] = {"purpose": intent.purpose, "tools": list(intent.tools)}
+        record: dict[str, JsonValue] = {
+            "purpose": intent.purpose,
+            "tools": list(intent.tools),
+            # Signed by a configured issuer, whose `iss` is `issuer` ("" when unsigned).
+            "signed": bool(request.proof.intent_issuer),
+            "issuer": request.proof.intent_issuer,
+        }
         if intent.expires_at is not None:
             record["expires_at"] = int(intent.expires_at.timestamp())
         context["intent"] = record
@@ -186,6 +197,14 @@ class Engine:
     @property
     def version(self) -> str:
         return self.compiled.version
+
+    def groups_of(self, agent: str) -> frozenset[str]:
+        """The inventory's agent groups ``agent`` is in, nested ones included."""
+        return frozenset(
+            uid
+            for kind, uid in self.compiled.ancestors.get(("Agent", agent), ())
+            if kind == "AgentGroup"
+        )
 
     def _select(self, agent: str, server: str, tool: str) -> PolicySubset:
         ancestors = self.compiled.ancestors

@@ -258,6 +258,11 @@ class WorkloadApiSource(_Publisher):
         )
         self._watchdog.start()
 
+    @property
+    def socket(self) -> str | None:
+        """The Workload API address (None: ``SPIFFE_ENDPOINT_SOCKET``)."""
+        return self._socket
+
     def close(self) -> None:
         self._closed.set()
         self._x509.close()

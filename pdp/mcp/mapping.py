@@ -22,7 +22,10 @@ Both transport revisions in use are read:
 
 The decision is always made from the body. The agent's intent travels as
 ``params._meta["pdp.dev/intent"]`` and/or the ``x-pdp-intent`` header (the same JSON
-object: ``{purpose, tools, expires_at}``); if both are given they must be equal.
+object: ``{purpose, tools, expires_at}``); if both are given they must be equal. A
+signed intent is the compact JWS string in the same places (pdp.proof verifies it).
+The agent's JWT-SVID (proof that the agent takes part) travels in ``x-pdp-agent-svid``
+(``Authorization`` belongs to the MCP server's own OAuth).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from pdp.model import (
 
 INTENT_META_KEY = "pdp.dev/intent"
 INTENT_HEADER = "x-pdp-intent"
+AGENT_SVID_HEADER = "x-pdp-agent-svid"
 SESSION_HEADER = "mcp-session-id"
 METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
@@ -70,6 +74,7 @@ NAMED_METHODS: Mapping[str, str] = {
 # Headers a decision depends on: sent twice, which one would the server read?
 SINGLE_HEADERS = (
     INTENT_HEADER,
+    AGENT_SVID_HEADER,
     SESSION_HEADER,
     METHOD_HEADER,
     NAME_HEADER,
@@ -77,6 +82,9 @@ SINGLE_HEADERS = (
 )
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
 _RESPONSE_MEMBERS = frozenset({"jsonrpc", "id", "result", "error"})
+# A signed intent: a JWS in compact serialization (three base64url parts); pdp.proof
+# reads and verifies it.
+_COMPACT_JWS = re.compile(r"\A[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\Z")
 _ENCODED_HEADER = re.compile(r"\A=\?base64\?([A-Za-z0-9+/=]*)\?=\Z")
 _REVISION = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
@@ -228,19 +236,25 @@ def _intent(
     http: HttpRequest, meta: Mapping[str, JsonValue] | None, limits: McpLimits
 ) -> JsonValue:
     header = http.header(INTENT_HEADER)
-    from_header = None
-    if header is not None:
+    from_header: JsonValue = None
+    if header is not None and _COMPACT_JWS.fullmatch(header.strip()):
+        from_header = {"token": header.strip()}  # a signed intent
+    elif header is not None:
         from_header = loads_strict(header, field=INTENT_HEADER, max_depth=8)
         if not isinstance(from_header, dict):
             raise _error(
-                INTENT_HEADER, "type", "must be a JSON object {purpose, tools, expires_at}"
+                INTENT_HEADER,
+                "type",
+                "must be a JSON object {purpose, tools, expires_at} or a signed intent (JWS)",
             )
     from_meta = meta.get(INTENT_META_KEY) if meta is not None else None
+    if isinstance(from_meta, str) and _COMPACT_JWS.fullmatch(from_meta):
+        from_meta = {"token": from_meta}
     if from_meta is not None and not isinstance(from_meta, dict):
         raise _error(
             f"params._meta.{INTENT_META_KEY}",
             "type",
-            "must be an object {purpose, tools, expires_at}",
+            "must be an object {purpose, tools, expires_at} or a signed intent (JWS string)",
         )
     if from_header is not None and from_meta is not None and from_header != from_meta:
         raise _error(
@@ -280,6 +294,9 @@ def _tool_call(
     intent = _intent(http, meta, limits)
     if intent is not None:
         data["intent"] = intent
+    agent_svid = http.header(AGENT_SVID_HEADER)
+    if agent_svid is not None:
+        data["agent_svid"] = agent_svid.strip()
     return data
 
 

@@ -38,11 +38,12 @@ from pdp.model import (
     RequestError,
     parse_time,
 )
+from pdp.proof import REASON_CODES as PROOF_REASON_CODES
 
 # Service-level denies: the policies never saw these requests, so a different policy
-# set cannot change them.
+# set cannot change them. Token checks (pdp.proof) are among them.
 SERVICE_REASONS = frozenset(
-    {REASON_CALLER_NOT_BOUND, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR}
+    {REASON_CALLER_NOT_BOUND, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR} | PROOF_REASON_CODES
 )
 CHAIN_KINDS = frozenset({"segment", "checkpoint"})
 

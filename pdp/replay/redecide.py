@@ -39,7 +39,11 @@ def redecide(engine: Engine, records: Sequence[RecordedDecision]) -> list[Decisi
     requests: list[Request] = []
     for index, record in enumerate(records):
         try:
-            requests.append(parse_request(record.request, now=record.time, limits=engine.limits))
+            # A recorded request carries what pdp verified then (its proof); the tokens
+            # themselves were never recorded, so they cannot be verified again.
+            requests.append(
+                parse_request(record.request, now=record.time, limits=engine.limits, recorded=True)
+            )
         except RequestError as exc:
             answers[index] = engine.invalid(exc)
             continue

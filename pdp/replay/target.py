@@ -162,7 +162,9 @@ class GrpcSender:
 
         started = time.perf_counter()
         try:
-            result = self._client.check(dict(record.request))
+            # The recorded proof cannot be sent (its tokens were never recorded): the
+            # target decides the intent as unsigned and the agent as unproven.
+            result = self._client.check({k: v for k, v in record.request.items() if k != "proof"})
         except InvalidRequestError as exc:
             return self._failed("invalid_request", str(exc))
         except DecisionUnavailable as exc:

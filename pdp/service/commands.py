@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pdp.identity.devca import DEV_TRUST_DOMAIN
+from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
+from pdp.proof import IntentIssuer, ProofConfig
 from pdp.service.config import (
     DEFAULT_STATE_DIR,
     CallerBinding,
@@ -92,6 +93,17 @@ def agent_trust_domains(inventory_entities: Sequence[dict[str, Any]]) -> list[st
     return sorted(domains)
 
 
+def with_dev_issuer(proof: ProofConfig, state_dir: Path) -> ProofConfig:
+    """``proof`` that also trusts the dev state's intent issuer (``pdp intent sign --dev``)."""
+    from pdp.proof.sign import ensure_dev_issuer
+
+    dev = ensure_dev_issuer(DevState(state_dir, DEV_TRUST_DOMAIN))
+    if any(issuer.issuer == dev.issuer for issuer in proof.intent_issuers):
+        return proof
+    issuers = (*proof.intent_issuers, IntentIssuer(dev.issuer, dev.jwks_file))
+    return dataclasses.replace(proof, intent_issuers=issuers)
+
+
 def serve(options: ServeOptions) -> int:
     import signal
     import threading
@@ -116,6 +128,7 @@ def serve(options: ServeOptions) -> int:
         if options.dev:
             state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
             changes["identity"] = DevIdentity(state_dir=state_dir)
+            changes["proof"] = with_dev_issuer(config.proof, state_dir)
         elif options.state_dir:
             return _error("--state-dir only applies with --dev")
         config = config.replace(**changes) if changes else config

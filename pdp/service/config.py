@@ -24,6 +24,10 @@ Example (every key optional except what the identity source needs)::
     rate_limit: {decisions_per_second: 2000, burst: 4000}
     server: {threads: 8, max_concurrent_rpcs: 256, max_connection_age_s: 300}
     metrics_listen: 127.0.0.1:9464   # Prometheus /metrics, plain HTTP (default: none)
+    proof:                   # signed intents and JWT-SVIDs: see pdp/proof/config.py
+      intent_issuers: [{issuer: https://approvals.acme.test, jwks: approvals.jwks.json}]
+      require_signed_intent: {groups: [finance]}
+      require_agent_proof: {trust_domains: [acme.test]}
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern, parse_trust_domain
 from pdp.model import Limits
+from pdp.proof.config import IntentIssuer, ProofConfig, ProofConfigError, Requirement
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -158,6 +163,7 @@ class ServiceConfig:
     # Prometheus endpoint (pdp/service/metrics.py): PORT or HOST:PORT, "" for none. A
     # bare port listens on loopback; with N workers, worker K takes PORT+K.
     metrics_listen: str = ""
+    proof: ProofConfig = field(default_factory=ProofConfig)
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -362,6 +368,68 @@ def _dataclass_section(section: _Section, cls: Any, defaults: Any) -> Any:
     return values
 
 
+def _strings(data: Any, name: str) -> tuple[str, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+        raise ConfigError(f"{name}: must be a list of strings")
+    return tuple(data)
+
+
+def _requirement(section: _Section) -> Requirement:
+    fields = ("agents", "groups", "servers", "trust_domains")
+    values = {name: _strings(section.raw(name), f"{section.path}.{name}") for name in fields}
+    section.done()
+    try:
+        return Requirement(**values)
+    except ProofConfigError as exc:
+        raise ConfigError(f"{section.path}: {exc}") from None
+
+
+def _proof(section: _Section, base: Path) -> ProofConfig:
+    issuers: list[IntentIssuer] = []
+    raw = section.raw("intent_issuers")
+    if raw is not None and not isinstance(raw, list):
+        raise ConfigError("proof.intent_issuers: must be a list of {issuer: ISS, jwks: FILE}")
+    for index, entry in enumerate(raw or []):
+        item = _Section(entry, f"proof.intent_issuers[{index}]")
+        issuer, jwks = item.get("issuer", str, None), item.get("jwks", str, None)
+        item.done()
+        if not issuer or not jwks:
+            raise ConfigError(f"{item.path}: needs issuer (its tokens' iss) and jwks (a file)")
+        issuers.append(IntentIssuer(issuer, base / jwks))
+    bundles_section = section.section("jwt_bundles")
+    jwt_bundles = {
+        str(td): base / bundles_section.get(str(td), str, "") for td in bundles_section.data
+    }
+    bundles_section.done()
+    signed = _requirement(section.section("require_signed_intent"))
+    proven = _requirement(section.section("require_agent_proof"))
+    defaults = ProofConfig()
+    scalars = {
+        name: section.get(name, type(getattr(defaults, name)), getattr(defaults, name))
+        for name in (
+            "audience",
+            "max_token_bytes",
+            "leeway_s",
+            "max_intent_lifetime_s",
+            "max_remembered_jtis",
+            "key_check_interval_s",
+        )
+    }
+    section.done()
+    try:
+        return ProofConfig(
+            intent_issuers=tuple(issuers),
+            jwt_bundles=jwt_bundles,
+            require_signed_intent=signed,
+            require_agent_proof=proven,
+            **scalars,
+        )
+    except ProofConfigError as exc:
+        raise ConfigError(f"proof: {exc}") from None
+
+
 def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     """A :class:`ServiceConfig` from parsed YAML; relative paths are relative to ``base``."""
     root = _Section(data, "")
@@ -389,6 +457,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     server_section = root.section("server")
     server = ServerOptions(**_dataclass_section(server_section, ServerOptions, defaults.server))
     server_section.done()
+    proof = _proof(root.section("proof"), base)
     root.done()
     return ServiceConfig(
         listen=listen,
@@ -400,6 +469,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         rate_limit=rate_limit,
         server=server,
         metrics_listen=str(metrics_listen),
+        proof=proof,
     )
 
 

@@ -74,10 +74,14 @@ def request_data(message: pb.CheckRequest, limits: Limits) -> dict[str, JsonValu
         )
     if message.HasField("intent"):
         intent = message.intent
-        intent_data: dict[str, JsonValue] = {
-            "purpose": intent.purpose,
-            "tools": list(intent.tools),
-        }
+        intent_data: dict[str, JsonValue] = {}
+        if intent.token:
+            intent_data["token"] = intent.token
+        # With a token, these are sent only if set, so that the model can refuse the mix.
+        if not intent.token or intent.purpose:
+            intent_data["purpose"] = intent.purpose
+        if not intent.token or intent.tools:
+            intent_data["tools"] = list(intent.tools)
         if intent.HasField("expires_at"):
             intent_data["expires_at"] = _timestamp("intent.expires_at", intent.expires_at)
         data["intent"] = intent_data
@@ -87,6 +91,8 @@ def request_data(message: pb.CheckRequest, limits: Limits) -> dict[str, JsonValu
         data["gateway"] = message.gateway
     if message.HasField("time"):
         data["time"] = _timestamp("time", message.time)
+    if message.agent_svid:
+        data["agent_svid"] = message.agent_svid
     return data
 
 

@@ -50,6 +50,9 @@ from pdp.identity.sources import (
     StaticFileSource,
     WorkloadApiSource,
 )
+from pdp.proof import Prover
+from pdp.proof.bundles import open_jwt_bundles
+from pdp.proof.keys import KeyFiles
 from pdp.service.cipher_suites import (
     CIPHER_SUITES_ENV,
     check_cipher_suites,
@@ -139,6 +142,35 @@ def _reload_interval(config: IdentityConfig) -> float | None:
     return None  # the Workload API pushes updates
 
 
+def build_prover(config: ServiceConfig, identity: IdentitySource) -> Prover:
+    """The verifier of signed intents and JWT-SVIDs for ``config.proof``; the audience
+    defaults to the server's own SPIFFE ID (as it is now, after rotations)."""
+    proof = config.proof
+    issuers = KeyFiles(
+        {issuer.issuer: issuer.jwks for issuer in proof.intent_issuers},
+        check_interval_s=proof.key_check_interval_s,
+    )
+    # The Workload API's JWT bundles when the server's own identity comes from it.
+    from_api = isinstance(identity, WorkloadApiSource)
+    timeout = (
+        config.identity.timeout_s if isinstance(config.identity, WorkloadApiIdentity) else 10.0
+    )
+    bundles = open_jwt_bundles(
+        proof.jwt_bundles,
+        workload_api_socket=identity.socket if isinstance(identity, WorkloadApiSource) else None,
+        use_workload_api=from_api,
+        check_interval_s=proof.key_check_interval_s,
+        timeout=timeout,
+    )
+    return Prover(
+        proof,
+        audience=lambda: identity.current().spiffe_id,
+        issuers=issuers,
+        jwt_bundles=bundles,
+        limits=config.limits.request,
+    )
+
+
 class DecisionServer:
     """One grpc server answering ``pdp.v1.DecisionService`` over mTLS.
 
@@ -176,7 +208,8 @@ class DecisionServer:
         self.policy = CallerPolicy(config.callers)
         refuser = Refuser(self.sink, new_id)
         engines = FixedEngine(engine) if isinstance(engine, Engine) else engine
-        self.core = DecisionCore(engines, self.sink, new_id=new_id)
+        self.prover = build_prover(config, identity)
+        self.core = DecisionCore(engines, self.sink, new_id=new_id, prover=self.prover)
         self._executor = ThreadPoolExecutor(options.threads, thread_name_prefix="pdp-rpc")
         self.servicer = DecisionServicer(
             self.core,
@@ -297,6 +330,7 @@ class DecisionServer:
 
         _on_loop(shut_down())
         self._executor.shutdown(wait=False)
+        self.prover.close()
         if self._maintenance is not None:
             self._maintenance.join(timeout=_HEALTH_POLL_S + 5)
 

@@ -53,6 +53,7 @@ from pdp.model import (
     deny,
     parse_request,
 )
+from pdp.proof import Prover
 from pdp.service.convert import check_response, request_data
 from pdp.service.gate import CallerGrant, RateLimiter
 from pdp.service.interceptor import Admission, Refuser, require_admission
@@ -112,11 +113,15 @@ class DecisionCore:
         *,
         new_id: Callable[[], str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prover: Prover | None = None,
     ) -> None:
         self.engines = engines
         self.sink = sink
         self._new_id = new_id
         self._clock = clock
+        # Without a configured prover tokens are still checked, against no keys: a
+        # signed intent or JWT-SVID is then denied, never ignored.
+        self.prover = prover if prover is not None else Prover.unconfigured()
 
     @property
     def engine(self) -> Engine:
@@ -220,6 +225,17 @@ class DecisionCore:
                     REASON_CALLER_NOT_BOUND,
                     f"caller {grant.caller.spiffe_id} may not ask about agent {request.agent}",
                 )
+                continue
+            # Tokens are checked at the server's clock, never at a time the caller sent.
+            try:
+                request, denial = self.prover.prove(request, now, engine.groups_of)
+            except Exception:
+                log.exception("internal error verifying the tokens of a request")
+                decisions[index] = _internal_error(engine.version)
+                continue
+            requests[index] = request
+            if denial is not None:
+                decisions[index] = deny(engine.version, denial.code, denial.message)
         pending = [i for i, d in enumerate(decisions) if d is None]
         if pending:
             decided = engine.decide_batch([requests[i] for i in pending])  # type: ignore[misc]

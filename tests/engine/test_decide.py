@@ -220,11 +220,17 @@ def test_context_shape_is_documented() -> None:
     assert cedar_context(request) == {
         "input": {"a": 1},
         "tool": {"server": "crm", "name": "t", "ref": "crm/t", "server_wildcard": "crm/*"},
-        "agent": {"trust_domain": "acme.test", "path": "/agent/x"},
+        "agent": {"trust_domain": "acme.test", "path": "/agent/x", "proven": False},
         "gateway": "spiffe://acme.test/gw",
         "session": "s",
         "time": {"epoch": 1795429800, "hour": 10, "weekday": 0},
-        "intent": {"purpose": "p", "tools": ["crm/t"], "expires_at": 1795431600},
+        "intent": {
+            "purpose": "p",
+            "tools": ["crm/t"],
+            "expires_at": 1795431600,
+            "signed": False,
+            "issuer": "",
+        },
     }
 
 

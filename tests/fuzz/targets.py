@@ -15,19 +15,22 @@ Used by the Hypothesis properties (tests/fuzz/test_*.py), by the corpus replay
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from joserfc.jwk import ECKey
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit.chain import ChainError, parse_line
 from pdp.engine import Engine, load_policies
 from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern, parse_spiffe_id
+from pdp.mcp.mapping import HttpRequest, McpMapping, map_request
 from pdp.model import (
     REASON_INTERNAL_ERROR,
     REASON_INVALID_REQUEST,
@@ -37,6 +40,10 @@ from pdp.model import (
     RequestError,
     parse_request,
 )
+from pdp.proof import REASON_CODES as PROOF_REASON_CODES
+from pdp.proof import ProofConfig, Prover
+from pdp.proof.jose import TokenRejected, read_token
+from pdp.proof.sign import intent_claims, sign_token
 from pdp.replay.records import read_record
 from pdp.service.convert import request_data
 from pdp.service.gate import CallerGrant
@@ -125,6 +132,9 @@ def check_same_through_service(data: Any, request: Request, decision: Decision) 
         return
     if not GRANT.may_ask_about(request.agent):
         return  # the service denies it as caller_not_bound, before any policy  # Struct numbers are doubles: only exactly representable values compare
+    # The service decides at its own clock (a caller's time is ignored): compare with
+    # the request at that time.
+    decision = engine().decide(dataclasses.replace(request, time=NOW))
     response = service_decision(message.SerializeToString())
     assert response.decision == (pb.DECISION_ALLOW if decision.allowed else pb.DECISION_DENY), (
         f"service path decided {response.decision} for {request}, JSON path {decision}"
@@ -194,9 +204,146 @@ def audit_line(raw: bytes) -> None:
     read_record("fuzz:1", raw)
 
 
+# -- tokens: signed intents and JWT-SVIDs ------------------------------------------------
+
+ISSUER = "https://approvals.acme.test"
+AUDIENCE = "spiffe://pdp.test/pdp"
+AGENT = "spiffe://acme.test/agent/finance-bot"
+_ISSUER_KEY = ECKey.generate_key("P-256", parameters={"kid": "fuzz-issuer"})
+_AGENT_KEY = ECKey.generate_key("P-256", parameters={"kid": "fuzz-agent"})
+
+
+class _StaticKeys:
+    def __init__(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
+        self._keys = keys
+
+    def keys_for(self, name: str) -> Any:
+        return self._keys.get(name)
+
+    def close(self) -> None:
+        pass
+
+
+def prover() -> Prover:
+    """A fresh prover (its jti memory empty) trusting the fuzz issuer and agent keys."""
+    public = {k.kid: k for k in (_ISSUER_KEY, _AGENT_KEY)}
+    return Prover(
+        ProofConfig(),
+        audience=lambda: AUDIENCE,
+        issuers=_StaticKeys({ISSUER: {"fuzz-issuer": public["fuzz-issuer"]}}),
+        jwt_bundles=_StaticKeys({"acme.test": {"fuzz-agent": public["fuzz-agent"]}}),
+    )
+
+
+def valid_intent_token(now: datetime = NOW, **changes: Any) -> str:
+    claims = intent_claims(
+        issuer=ISSUER,
+        agent=AGENT,
+        audience=AUDIENCE,
+        purpose="pay.invoice-78",
+        tools=["payments/create_payment"],
+        now=now,
+        jti="fuzz-jti",
+    )
+    claims.update(changes)
+    return sign_token(claims, _ISSUER_KEY)
+
+
+def valid_agent_svid(now: datetime = NOW, **changes: Any) -> str:
+    issued = int(now.timestamp())
+    claims = {"sub": AGENT, "aud": [AUDIENCE], "iat": issued, "exp": issued + 300, **changes}
+    return sign_token(claims, _AGENT_KEY)
+
+
+def _payment(**fields: Any) -> Request:
+    return parse_request(
+        {"agent": AGENT, "server": "payments", "tool": "get_balance", **fields}, now=NOW
+    )
+
+
+def _meaning(token: str) -> tuple[Any, Any]:
+    """What a token says: its decoded header and claims (None if unreadable)."""
+    try:
+        read = read_token(token, 1 << 20)
+    except TokenRejected:
+        return None, None
+    return dict(read.header), dict(read.claims)
+
+
+def check_intent_token(token: str, original: str | None = None) -> None:
+    """Any text as a signed intent: denied with a reason of pdp.proof's, never raises;
+    accepted only when it says exactly what a validly signed token said."""
+    try:
+        request = _payment(intent={"token": token})
+    except RequestError:
+        return  # refused before any token check (empty, too long for the request)
+    proven, denial = prover().prove(request, NOW)
+    if denial is not None:
+        assert denial.code in PROOF_REASON_CODES, denial
+        assert proven.intent is None and not proven.proof.intent_issuer
+        assert proven.proof.intent_token is not None and proven.proof.intent_token.sha256
+        if len(token) >= 16:  # shorter text occurs in any record by chance ("0")
+            assert token not in json.dumps(proven.to_json())
+        return
+    assert original is not None, f"an unsigned or forged token was accepted: {token[:80]!r}"
+    assert _meaning(token) == _meaning(original), "a changed token was accepted"
+    assert proven.proof.intent_issuer == ISSUER
+
+
+def check_agent_svid(token: str, original: str | None = None) -> None:
+    try:
+        request = _payment(agent_svid=token, intent={"purpose": "p", "tools": ["payments/*"]})
+    except RequestError:
+        return
+    proven, denial = prover().prove(request, NOW)
+    if denial is not None:
+        assert denial.code in PROOF_REASON_CODES, denial
+        assert not proven.proof.agent_proven
+        return
+    assert original is not None, f"an unsigned or forged JWT-SVID was accepted: {token[:80]!r}"
+    assert _meaning(token) == _meaning(original), "a changed JWT-SVID was accepted"
+    assert proven.proof.agent_proven
+
+
+def intent_token(raw: bytes) -> None:
+    check_intent_token(raw.decode("utf-8", "replace"))
+
+
+def agent_svid(raw: bytes) -> None:
+    check_agent_svid(raw.decode("utf-8", "replace"))
+
+
+# -- the MCP body mapping of the gateway doors -----------------------------------------
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+def check_mcp_http(http: HttpRequest, agent: str = AGENT, server: str = "crm") -> McpMapping:
+    """Any HTTP request: mapped without raising; a message is an error or request data,
+    and request data either parses or is refused with a named error (never allowed)."""
+    mapping = map_request(http, agent=agent, server=server)
+    assert mapping.messages, "a mapping without any decision"
+    for message in mapping.messages:
+        if message.error is not None:
+            assert message.error.field and message.error.rule
+            continue
+        if message.request is None:
+            continue
+        decision = engine().decide_json(dict(message.request), now=NOW)
+        _assert_not_internal(decision, "mcp request")
+    return mapping
+
+
+def mcp_body(raw: bytes) -> None:
+    check_mcp_http(HttpRequest.build("POST", MCP_HEADERS, raw))
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "request_json": request_json,
     "check_request_bytes": check_request_bytes,
     "spiffe_id": spiffe_id,
     "audit_line": audit_line,
+    "intent_token": intent_token,
+    "agent_svid": agent_svid,
+    "mcp_body": mcp_body,
 }

@@ -3,19 +3,22 @@
 It speaks the real protocol (``SpiffeWorkloadAPI/FetchX509SVID``, a server stream of
 ``X509SVIDResponse`` messages from py-spiffe's generated ``workload_pb2``), refuses
 calls without the ``workload.spiffe.io: true`` metadata with INVALID_ARGUMENT as
-SPIRE does, and issues short-lived SVIDs from a :class:`DevCA`. Every change
+SPIRE does, and issues short-lived SVIDs from a :class:`DevCA`. It also serves ``FetchJWTBundles`` (JWK Sets per trust
+domain, set with ``set_jwt_bundle``), for JWT-SVID verification. Every change
 (``rotate_svid``, ``rotate_bundle``, federated bundle added or removed) pushes a new
 *full-state* response to every open stream, as the Workload API spec requires.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -51,6 +54,8 @@ class WorkloadApiServer:
         self.rejected_calls = 0
         self._redacted = False
         self._responses = [self._response()]  # every state ever pushed, in order
+        self.jwt_bundles: dict[str, bytes] = {}
+        self._jwt_responses = [workload_pb2.JWTBundlesResponse()]
         self._stopping = False
         self._changed = threading.Condition()
         self._server = grpc.server(ThreadPoolExecutor(max_workers=8))
@@ -98,6 +103,19 @@ class WorkloadApiServer:
         self.federated[trust_domain] = tuple(roots)
         self._push()
 
+    def set_jwt_bundle(self, trust_domain: str, keys: Iterable[Any]) -> None:
+        """The JWT bundle of ``trust_domain``: joserfc keys, published public only with
+        ``use: jwt-svid`` as SPIRE does; pushed to every FetchJWTBundles stream."""
+        document = {"keys": [{**key.as_dict(private=False), "use": "jwt-svid"} for key in keys]}
+        self.jwt_bundles[trust_domain] = json.dumps(document).encode()
+        with self._changed:
+            self._jwt_responses.append(
+                workload_pb2.JWTBundlesResponse(
+                    bundles={f"spiffe://{td}": b for td, b in self.jwt_bundles.items()}
+                )
+            )
+            self._changed.notify_all()
+
     def remove_federated_bundle(self, trust_domain: str) -> None:
         del self.federated[trust_domain]
         self._push()
@@ -134,19 +152,22 @@ class WorkloadApiServer:
             federated_bundles={f"spiffe://{td}": _der(c) for td, c in self.federated.items()},
         )
 
-    def _stream(self, context: grpc.ServicerContext) -> Iterator[workload_pb2.X509SVIDResponse]:
+    def _stream(
+        self, context: grpc.ServicerContext, responses: list[Any] | None = None
+    ) -> Iterator[Any]:
         """The current state first, then every later change in order (none coalesced,
         so a test can push a bad update followed by a good one)."""
+        responses = self._responses if responses is None else responses
         with self._changed:
-            sent = len(self._responses) - 1
+            sent = len(responses) - 1
         while True:
             with self._changed:
-                while len(self._responses) <= sent and not self._stopping and context.is_active():
+                while len(responses) <= sent and not self._stopping and context.is_active():
                     self._changed.wait(0.2)
                 if self._stopping or not context.is_active():
                     return
-                pending = self._responses[sent:]
-                sent = len(self._responses)
+                pending = responses[sent:]
+                sent = len(responses)
             yield from pending
 
 
@@ -161,3 +182,11 @@ class _Servicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[mi
             self._api.rejected_calls += 1
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
         yield from self._api._stream(context)
+
+    def FetchJWTBundles(
+        self, request: workload_pb2.JWTBundlesRequest, context: grpc.ServicerContext
+    ) -> Iterator[workload_pb2.JWTBundlesResponse]:
+        if ("workload.spiffe.io", "true") not in tuple(context.invocation_metadata()):
+            self._api.rejected_calls += 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
+        yield from self._api._stream(context, self._api._jwt_responses)

@@ -500,3 +500,30 @@ def test_never_raises_and_never_lets_an_error_through(
             assert message.action is MethodAction.DENY and message.request is None
         if message.request is not None:
             assert message.action is MethodAction.POLICY and message.method == "tools/call"
+
+
+# --- signed intents and JWT-SVIDs: passed on as tokens for pdp.proof to verify ----------
+
+JWS = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def test_a_signed_intent_in_meta_or_header_is_passed_on_as_a_token() -> None:
+    for http in (
+        post(call(_meta={"pdp.dev/intent": JWS})),
+        post(call(), {"x-pdp-intent": JWS}),
+        post(call(_meta={"pdp.dev/intent": JWS}), {"x-pdp-intent": f" {JWS} "}),
+    ):
+        message = only(http)
+        assert message.error is None
+        assert message.request is not None and message.request["intent"] == {"token": JWS}
+    conflict = post(call(_meta={"pdp.dev/intent": JWS}), {"x-pdp-intent": json.dumps(INTENT)})
+    assert error_of(conflict).rule == "conflict"
+
+
+def test_the_agents_jwt_svid_header_is_passed_on() -> None:
+    message = only(post(call(), {"x-pdp-agent-svid": JWS}))
+    assert message.request is not None and message.request["agent_svid"] == JWS
+    twice = HttpRequest.build(
+        "POST", [("x-pdp-agent-svid", JWS), ("x-pdp-agent-svid", JWS)], json.dumps(call()).encode()
+    )
+    assert only(twice).error is not None

@@ -27,27 +27,27 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x06Intent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd3\x01\n\x0c\x43heckRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\";\n\x11\x43heckBatchRequest\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.pdp.v1.CheckRequest\">\n\x12\x43heckBatchResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse*1\n\x08\x44\x65\x63ision\x12\x11\n\rDECISION_DENY\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x32\x8c\x01\n\x0f\x44\x65\x63isionService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x06Intent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x04 \x01(\t\"\xe7\x01\n\x0c\x43heckRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nagent_svid\x18\t \x01(\t\")\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\";\n\x11\x43heckBatchRequest\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.pdp.v1.CheckRequest\">\n\x12\x43heckBatchResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse*1\n\x08\x44\x65\x63ision\x12\x11\n\rDECISION_DENY\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x32\x8c\x01\n\x0f\x44\x65\x63isionService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdp._proto.pdp.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=716
-  _globals['_DECISION']._serialized_end=765
+  _globals['_DECISION']._serialized_start=751
+  _globals['_DECISION']._serialized_end=800
   _globals['_INTENT']._serialized_start=96
-  _globals['_INTENT']._serialized_end=184
-  _globals['_CHECKREQUEST']._serialized_start=187
-  _globals['_CHECKREQUEST']._serialized_end=398
-  _globals['_REASON']._serialized_start=400
-  _globals['_REASON']._serialized_end=441
-  _globals['_CHECKRESPONSE']._serialized_start=444
-  _globals['_CHECKRESPONSE']._serialized_end=589
-  _globals['_CHECKBATCHREQUEST']._serialized_start=591
-  _globals['_CHECKBATCHREQUEST']._serialized_end=650
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=652
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=714
-  _globals['_DECISIONSERVICE']._serialized_start=768
-  _globals['_DECISIONSERVICE']._serialized_end=908
+  _globals['_INTENT']._serialized_end=199
+  _globals['_CHECKREQUEST']._serialized_start=202
+  _globals['_CHECKREQUEST']._serialized_end=433
+  _globals['_REASON']._serialized_start=435
+  _globals['_REASON']._serialized_end=476
+  _globals['_CHECKRESPONSE']._serialized_start=479
+  _globals['_CHECKRESPONSE']._serialized_end=624
+  _globals['_CHECKBATCHREQUEST']._serialized_start=626
+  _globals['_CHECKBATCHREQUEST']._serialized_end=685
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=687
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=749
+  _globals['_DECISIONSERVICE']._serialized_start=803
+  _globals['_DECISIONSERVICE']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -20,17 +20,19 @@ DECISION_DENY: Decision
 DECISION_ALLOW: Decision
 
 class Intent(_message.Message):
-    __slots__ = ("purpose", "tools", "expires_at")
+    __slots__ = ("purpose", "tools", "expires_at", "token")
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     purpose: str
     tools: _containers.RepeatedScalarFieldContainer[str]
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, purpose: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    token: str
+    def __init__(self, purpose: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("agent", "server", "tool", "arguments", "intent", "session", "gateway", "time")
+    __slots__ = ("agent", "server", "tool", "arguments", "intent", "session", "gateway", "time", "agent_svid")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +41,7 @@ class CheckRequest(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SVID_FIELD_NUMBER: _ClassVar[int]
     agent: str
     server: str
     tool: str
@@ -47,7 +50,8 @@ class CheckRequest(_message.Message):
     session: str
     gateway: str
     time: _timestamp_pb2.Timestamp
-    def __init__(self, agent: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., session: _Optional[str] = ..., gateway: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    agent_svid: str
+    def __init__(self, agent: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., session: _Optional[str] = ..., gateway: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_svid: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("policy", "message")
