@@ -335,21 +335,29 @@ class AuditPipeline:
             self._rejected += 1
         return Ticket(decision_id, accepted=False, error=error)
 
-    def submit_all(self, entries: Sequence[Any], render: Callable[[Any], dict[str, Any]]) -> Commit:
+    def submit_all(
+        self,
+        entries: Sequence[Any],
+        render: Callable[[Any], dict[str, Any]],
+        *,
+        build_here: bool = True,
+    ) -> Commit:
         """Queues several records at once, in order, all or none; never blocks on I/O.
 
         An entry that is a ``dict`` is a record (from ``build_*_record``), encoded here;
         one that cannot be encoded is refused alone (its flag is False). Any other entry
         is kept as is and ``render(entry)`` builds its decision or refusal record on the
         writer thread: the caller must not change it afterwards. A record that cannot be
-        built there is logged and counted ``failed``.
+        built there is logged and counted ``failed``. ``build_here=False`` says the
+        caller's thread must never build records (an event loop): the backpressure below
+        then does not apply and a full queue refuses.
         """
         commit = Commit(len(entries))
         items: list[_Item] = []
         refused = 0
         # Backpressure: when the writer falls behind, submitters build their records
         # themselves (as they would without deferral), which also slows them down.
-        build_here = len(self._items) >= self._help_at
+        build_here = build_here and len(self._items) >= self._help_at
         for index, entry in enumerate(entries):
             if type(entry) is dict or build_here:
                 try:

@@ -140,6 +140,7 @@ def build_decision_record(
     time: datetime | None = None,
     method: str = "",
     caller_time: str | None = None,
+    rejected: Any = None,
 ) -> dict[str, Any]:
     """The record of one decided request. ``time`` defaults to now (UTC).
 
@@ -151,6 +152,8 @@ def build_decision_record(
     not be parsed (the decision is then an ``invalid_request`` deny, and replay meets
     the same parse error). ``shadow`` is the decision of a policy set evaluated
     alongside without being enforced (dry run), so a rollout can be judged from the log.
+    ``rejected`` (a ``pdp.service.sink.RejectedBody``, matched by its attributes) gives
+    the bounded facts about a request that broke a rule, kept instead of its body.
     """
     if isinstance(request, Request):
         request_json, masked = _request_json(request, redactor)
@@ -179,7 +182,30 @@ def build_decision_record(
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")
         masked.extend(shadow_masked)
+    if rejected is not None:
+        record["rejected"] = _rejected_json(rejected, request_json, redactor, masked)
     return _with_masks(record, masked)
+
+
+def _rejected_json(
+    rejected: Any, request_json: Mapping[str, Any], redactor: Redactor, masked: list[str]
+) -> dict[str, Any]:
+    excerpt, excerpt_masked = redactor.excerpt(
+        str(request_json.get("server", "")),
+        str(request_json.get("tool", "")),
+        rejected.field,
+        rejected.excerpt,
+    )
+    if excerpt_masked:
+        masked.append("rejected.excerpt")
+    return {
+        "bytes": int(rejected.size),
+        "sha256": rejected.sha256,
+        "field": rejected.field,
+        "rule": rejected.rule,
+        "excerpt": excerpt,
+        "detail_kept": bool(rejected.kept),
+    }
 
 
 def _with_masks(record: dict[str, Any], masked: list[str]) -> dict[str, Any]:

@@ -200,6 +200,21 @@ class Redactor:
         masked: list[str] = []
         return self._walk(value, path, masked, 0), tuple(masked)
 
+    def excerpt(self, server: str, tool: str, field: str, text: str) -> tuple[str, bool]:
+        """The first characters of a value at ``field`` (a path such as
+        ``arguments.db.password``), for the record of a request that broke a limit; True
+        when masked. Masked whole when a key on the path names a secret or the tool has
+        masked paths (the value is cut, so a path rule cannot be applied to it)."""
+        if not text:
+            return text, False
+        keys = [k for k in re.split(r"[.\[\]]", field) if k and not k.isdigit()]
+        if any(self.is_secret_key(k) for k in keys) or (
+            field.startswith("arguments") and self._paths_for(server, tool)
+        ):
+            return REDACTED, True
+        cleaned = self.text(text)
+        return cleaned, cleaned != text
+
     def _paths_for(self, server: str, tool: str) -> tuple[tuple[str, ...], ...]:
         found: list[tuple[str, ...]] = []
         for key in (f"{server}/{tool}", f"{server}/*", "*"):

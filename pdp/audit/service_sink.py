@@ -7,12 +7,15 @@ the service answer ``audit_unavailable``. With ``fail_open`` every flag is True 
 failures are only logged and counted.
 
 The decision path only queues the events: the pipeline's writer thread builds the
-records (redaction, JSON, hash) from them, many per wake-up. Events are frozen and the
-service does not touch their request afterwards. A request that could not be parsed is
-the exception: its data is recorded as received and may hold values JSON cannot
-(NaN), so its record is built and encoded here, and refused alone if it cannot be.
-In async mode :meth:`AuditDecisionSink.record_decisions` never waits (``blocks`` is
-False), so the service may call it from its event loop.
+records (redaction, JSON, hash) from them, many per wake-up, for valid and invalid
+requests alike: nothing of a record is built on the caller's thread, which in async
+mode is the service's event loop. Events are frozen and the service does not touch
+them afterwards; the data of an invalid request is what the service decoded within the
+limits (never a NaN: it refuses those while decoding), plus bounded facts about the
+body (``rejected``). In async mode :meth:`AuditDecisionSink.record_decisions` never
+waits (``blocks`` is False), so the service may call it from its event loop; the
+pipeline is then told not to build records on the caller's thread when its writer
+falls behind (the queue bound refuses instead).
 
 The event types are matched structurally (no import of ``pdp.service``), so the data
 keeps flowing one way: service -> audit.
@@ -86,11 +89,8 @@ class AuditDecisionSink:
     ) -> Sequence[bool]:
         pipeline = self.audit.pipeline
         stamp = time.time()  # when the decisions were made: now, not when written
-        entries: list[Any] = [
-            (event, stamp) if event.request is not None else self._decision_record((event, stamp))
-            for event in events
-        ]
-        commit = pipeline.submit_all(entries, self._decision_record)
+        entries = [(event, stamp) for event in events]
+        commit = pipeline.submit_all(entries, self._decision_record, build_here=self.blocks)
         if not commit.accepted:
             flags = [False] * len(entries)
         elif pipeline.mode is DeliveryMode.SYNC:
@@ -125,10 +125,15 @@ class AuditDecisionSink:
             time=datetime.fromtimestamp(stamp, UTC),
             method=event.method,
             caller_time=event.caller_time,
+            rejected=getattr(event, "rejected", None),
         )
 
     def record_refusal(self, event: RefusalEventLike) -> None:
-        commit = self.audit.pipeline.submit_all([(event, time.time())], self._refusal_record)
+        if not getattr(event, "record", True):
+            return  # over the caller's record budget: counted by the service, not written
+        commit = self.audit.pipeline.submit_all(
+            [(event, time.time())], self._refusal_record, build_here=False
+        )
         if not commit.accepted:  # never blocks
             log.warning("refusal %s not recorded: %s", event.refusal_id, commit.error)
 

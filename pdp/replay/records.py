@@ -157,6 +157,10 @@ def _recorded(at: str, data: dict[str, Any]) -> RecordedDecision:
         spiffe_id = caller.get("spiffe_id")
         if isinstance(spiffe_id, str) and spiffe_id:
             request = {**request, "gateway": spiffe_id}
+    if isinstance(data.get("rejected"), dict):
+        # The request broke a limit and its body was not kept whole (only bounded facts):
+        # replay meets the refusal again (an unknown field makes it invalid_request).
+        request = {**request, "rejected": data["rejected"]}
     shadow_data = data.get("shadow")
     shadow = decision_of(shadow_data, "shadow.") if isinstance(shadow_data, dict) else None
     return RecordedDecision(at, decision_id, when, request, decision, redacted, shadow)

@@ -22,7 +22,8 @@ Example (every key optional except what the identity source needs)::
       watch_queue: 1024      # records waiting for one watcher before it is cut off
       request: {max_arguments_bytes: 65536, max_depth: 16}
     rate_limit: {decisions_per_second: 2000, burst: 4000}
-    server: {threads: 8, max_concurrent_rpcs: 256, max_connection_age_s: 300}
+    server: {threads: 8, max_concurrent_rpcs: 1024, max_rpcs_per_caller: 64,
+             request_timeout_s: 5, handshake_timeout_s: 5, max_connections: 1000}
     metrics_listen: 127.0.0.1:9464   # Prometheus /metrics, plain HTTP (default: none)
     proof:                   # signed intents and JWT-SVIDs: see pdp/proof/config.py
       intent_issuers: [{issuer: https://approvals.acme.test, jwks: approvals.jwks.json}]
@@ -113,6 +114,11 @@ class ServiceLimits:
     # Records waiting to be sent to one watcher; beyond this it is cut off (it never
     # holds up decisions or other watchers).
     watch_queue: int = 1024
+    # Detail (decoded fields, excerpts; refusal records themselves) that one caller's
+    # refused or invalid requests may add to the audit log, as a token bucket per
+    # caller; beyond it records keep only fixed-size facts (see pdp.service.admission).
+    refusal_record_bytes_per_s: int = 64 * 1024
+    refusal_record_burst_bytes: int = 1024 * 1024
     request: Limits = field(default_factory=Limits)  # per request, see pdp.model.Limits
 
 
@@ -133,13 +139,25 @@ class ServerOptions:
     # Decisions run on the grpc.aio event loop; these threads only serve a sink that
     # waits for I/O (the synchronous audit log), one flush of coalesced calls each.
     threads: int = 8
-    max_concurrent_rpcs: int = 256  # beyond this grpc answers RESOURCE_EXHAUSTED
+    # Calls in flight, counted from authentication (stream open) to the answer; beyond
+    # these pdp answers RESOURCE_EXHAUSTED (pdp.service.admission).
+    max_concurrent_rpcs: int = 1024
+    max_rpcs_per_caller: int = 64  # one caller's share (a SPIFFE ID, or a peer address)
+    reserved_rpcs: int = 32  # of max_concurrent_rpcs, kept for health and status calls
+    # A call whose request message has not arrived this long after its stream opened is
+    # cancelled (DEADLINE_EXCEEDED): a stalled stream holds its caller's slot no longer.
+    request_timeout_s: float = 5.0
     max_concurrent_streams: int = 100  # per HTTP/2 connection
+    # TLS handshakes not finished in this time are dropped (grpc's default is 120 s).
+    handshake_timeout_s: float = 5.0
+    # Connections open at once, handshaking or not (lowered at start to fit the
+    # open-file limit); beyond it new connections are closed at once.
+    max_connections: int = 1000
     # Connections are re-handshaken at this age so that rotated or removed bundles and
     # expired client SVIDs take effect on long-lived connections too.
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 30.0
-    max_connection_idle_s: float = 600.0
+    max_connection_idle_s: float = 120.0  # closed after this long without a call
     shutdown_grace_s: float = 10.0  # in-flight calls get this long after SIGTERM
     # Server processes sharing the listening port (SO_REUSEPORT), each with its own
     # engine and audit chain; see pdp/service/workers.py. 1: this process serves.
@@ -188,12 +206,23 @@ def _check_config(config: ServiceConfig) -> None:
         "server.threads": config.server.threads,
         "server.max_concurrent_rpcs": config.server.max_concurrent_rpcs,
         "server.max_concurrent_streams": config.server.max_concurrent_streams,
+        "server.max_rpcs_per_caller": config.server.max_rpcs_per_caller,
+        "server.request_timeout_s": config.server.request_timeout_s,
+        "server.handshake_timeout_s": config.server.handshake_timeout_s,
+        "server.max_connections": config.server.max_connections,
+        "limits.refusal_record_bytes_per_s": config.limits.refusal_record_bytes_per_s,
+        "limits.refusal_record_burst_bytes": config.limits.refusal_record_burst_bytes,
         "server.max_connection_age_s": config.server.max_connection_age_s,
         "server.max_connection_idle_s": config.server.max_connection_idle_s,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name}: must be greater than 0 (got {value})")
+    if not 0 <= config.server.reserved_rpcs < config.server.max_concurrent_rpcs:
+        raise ConfigError(
+            f"server.reserved_rpcs: must be at least 0 and below server.max_concurrent_rpcs"
+            f" ({config.server.max_concurrent_rpcs}); got {config.server.reserved_rpcs}"
+        )
     if config.server.max_connection_age_grace_s < 0 or config.server.shutdown_grace_s < 0:
         raise ConfigError("server: grace periods must not be negative")
     if not 1 <= config.server.workers <= MAX_WORKERS:

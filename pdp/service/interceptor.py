@@ -7,10 +7,22 @@ service: ``callers``; the audit service: ``audit_watchers``); the resulting
 :class:`Admission` reaches the servicer through a context variable (grpc.aio runs each
 call in its own task, with its own ``contextvars.Context``, so nothing leaks from one
 call to the next).
+
+It is also where no caller can starve the others (pdp.service.admission), because grpc
+takes its own concurrency slot (``maximum_concurrent_rpcs``) when a stream's headers
+arrive, before its message and before anyone knows who is calling, so a peer holding
+streams open without a body would hold every slot. pdp therefore does not use that pool.
+A method taking one request message is served as a request-streaming one, so that its
+behavior starts when the stream opens: the peer is authenticated there, the call takes
+a slot of its caller's share (:class:`pdp.service.admission.CallerSlots`), and the
+request message must arrive within ``request_timeout_s`` or the call ends with
+DEADLINE_EXCEEDED. A stalled stream holds one slot of its own caller's share, for a few
+seconds; nobody else's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -22,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from pdp.model import Caller
+from pdp.service.admission import CallerSlots, RecordBudget, RefusalCounts, caller_key
 from pdp.service.gate import AuthContext, CallerGate, CallerGrant, NotAllowed, NotAuthenticated
 from pdp.service.sink import DecisionSink, RefusalCode, RefusalEvent
 
@@ -32,7 +45,10 @@ _STATUS_OF = {
     RefusalCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     RefusalCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RefusalCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# What a refusal record takes in the audit log besides its message (for RecordBudget).
+REFUSAL_RECORD_BYTES = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +82,23 @@ async def require_admission(
 
 
 class Refuser:
-    """Ends a call with a status and tells the sink, with an id the operator can look up."""
+    """Ends a call with a status and tells the sink, with an id the operator can look up.
 
-    def __init__(self, sink: DecisionSink, new_id: Callable[[], str]) -> None:
+    Every refusal is counted per caller (``counts``); its record is written while the
+    caller's ``budget`` lasts (a flood of refusals must not fill the audit log)."""
+
+    def __init__(
+        self,
+        sink: DecisionSink,
+        new_id: Callable[[], str],
+        *,
+        budget: RecordBudget | None = None,
+        counts: RefusalCounts | None = None,
+    ) -> None:
         self._sink = sink
         self._new_id = new_id
+        self.budget = budget
+        self.counts = counts if counts is not None else RefusalCounts()
 
     async def refuse(
         self,
@@ -81,9 +109,15 @@ class Refuser:
         caller: Caller | None = None,
     ) -> NoReturn:
         refusal_id = self._new_id()
+        peer = context.peer()
+        key = caller_key(caller, peer)
+        self.counts.add(key, code)
+        # Every refusal reaches the sink (it counts them all); beyond the caller's
+        # budget the event says not to write a record.
+        record = self.budget is None or self.budget.allow(key, len(message) + REFUSAL_RECORD_BYTES)
         try:
             self._sink.record_refusal(
-                RefusalEvent(refusal_id, code, message, method, context.peer(), caller)
+                RefusalEvent(refusal_id, code, message, method, peer, caller, record)
             )
         except Exception:
             log.exception("recording refusal %s failed", refusal_id)
@@ -112,6 +146,10 @@ class AuthInterceptor(_InterceptorBase):
 
     ``protected_services`` maps a service name to how its callers are admitted; a plain
     collection of names admits them all with ``gate.admit`` (the ``callers`` list).
+    With ``slots``, every call with one response takes a slot of its caller's share
+    while it runs; methods starting with one of ``reserved`` (health, status) may use
+    the reserve. With ``request_timeout_s``, a call's request message must arrive that
+    soon after its stream opens (see the module docstring).
     """
 
     def __init__(
@@ -119,6 +157,10 @@ class AuthInterceptor(_InterceptorBase):
         gate: CallerGate,
         refuser: Refuser,
         protected_services: Mapping[str, Admit] | Collection[str],
+        *,
+        slots: CallerSlots | None = None,
+        reserved: Collection[str] = (),
+        request_timeout_s: float | None = None,
     ) -> None:
         self._gate = gate
         self._refuser = refuser
@@ -127,6 +169,9 @@ class AuthInterceptor(_InterceptorBase):
         self._protected: tuple[tuple[str, Admit], ...] = tuple(
             (f"/{service}/", admit) for service, admit in protected_services.items()
         )
+        self.slots = slots
+        self._reserved = tuple(reserved)
+        self._request_timeout_s = request_timeout_s
         # Handlers are fixed once the server starts: wrap each method once.
         self._wrapped: dict[str, Handler] = {}
 
@@ -142,35 +187,130 @@ class AuthInterceptor(_InterceptorBase):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # UNIMPLEMENTED; nothing runs
-        wrapped = _wrap_handler(handler, self._guard(method))
+        wrapped = self._wrap(handler, method)
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _guard(self, method: str) -> Callable[[Behavior], Behavior]:
+    def _wrap(self, handler: Handler, method: str) -> Handler:
         protected = next(
             (admit for prefix, admit in self._protected if method.startswith(prefix)), None
         )
+        reserved = method.startswith(self._reserved) if self._reserved else False
+        deserializer = handler.request_deserializer
+        serializer = handler.response_serializer
 
-        def guard(behavior: Behavior) -> Behavior:
-            if inspect.isasyncgenfunction(behavior):
+        if handler.unary_unary is not None:
+            unary: Behavior = handler.unary_unary
 
-                async def admitted_stream(
-                    request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                ) -> AsyncIterator[Any]:
-                    await self._admit(context, method, protected, time.perf_counter_ns())
-                    async for response in behavior(request, context):
-                        yield response
+            async def one_answer(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                caller = await self._admit(context, method, protected, time.perf_counter_ns())
+                key = await self._take_slot(context, method, caller, reserved)
+                try:
+                    request = await self._request(requests, context, method, caller)
+                    result = unary(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                finally:
+                    if key is not None and self.slots is not None:
+                        self.slots.release(key)
 
-                return admitted_stream
+            return grpc.stream_unary_rpc_method_handler(one_answer, deserializer, serializer)
 
-            async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if handler.unary_stream is not None:
+            # Long-lived (watch streams): no slot, their services bound them
+            # (limits.max_watchers), and grpc's own request handling.
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard_streaming(handler.unary_stream, method, protected),
+                deserializer,
+                serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._guard_streaming(handler.stream_unary, method, protected),
+                deserializer,
+                serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._guard_streaming(handler.stream_stream, method, protected),
+                deserializer,
+                serializer,
+            )
+        raise ValueError("method handler without a behavior")
+
+    def _guard_streaming(
+        self, behavior: Behavior, method: str, protected: Admit | None
+    ) -> Behavior:
+        """Authentication only, for methods that answer with a stream (watches) or take
+        one (reflection): long-lived, bounded by their own services."""
+        if inspect.isasyncgenfunction(behavior):
+
+            async def admitted_stream(
+                requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 await self._admit(context, method, protected, time.perf_counter_ns())
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
+                async for response in behavior(requests, context):
+                    yield response
 
-            return admitted
+            return admitted_stream
 
-        return guard
+        async def admitted(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self._admit(context, method, protected, time.perf_counter_ns())
+            result = behavior(requests, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return admitted
+
+    async def _take_slot(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        caller: Caller,
+        reserved: bool,
+    ) -> str | None:
+        if self.slots is None:
+            return None
+        key = caller.spiffe_id
+        refused = self.slots.take(key, reserved=reserved)
+        if refused:
+            await self._refuser.refuse(
+                context, RefusalCode.RESOURCE_EXHAUSTED, refused, method, caller
+            )
+        return key
+
+    async def _request(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        caller: Caller,
+    ) -> Any:
+        """The call's one request message, within ``request_timeout_s`` of its start."""
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                request = await anext(aiter(requests), _NO_MESSAGE)
+        except TimeoutError:
+            await self._refuser.refuse(
+                context,
+                RefusalCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {self._request_timeout_s:g} s"
+                " of the call's start (server.request_timeout_s)",
+                method,
+                caller,
+            )
+        if request is _NO_MESSAGE:
+            await self._refuser.refuse(
+                context,
+                RefusalCode.INVALID_ARGUMENT,
+                "the call carried no request message",
+                method,
+                caller,
+            )
+        admission = current_admission()
+        if admission is not None:  # decision latency counts from here, not the stream open
+            _ADMISSION.set(Admission(admission.grant, time.perf_counter_ns()))
+        return request
 
     async def _admit(
         self,
@@ -178,15 +318,15 @@ class AuthInterceptor(_InterceptorBase):
         method: str,
         protected: Admit | None,
         started_ns: int,
-    ) -> None:
+    ) -> Caller:
         try:
             # grpc-stubs say Mapping[str, bytes]; grpc returns lists of values.
             auth_context: AuthContext = context.auth_context()  # type: ignore[assignment]
             if protected is not None:
-                _ADMISSION.set(Admission(protected(auth_context), started_ns))
-            else:
-                self._gate.authenticate(auth_context)
-            return
+                grant = protected(auth_context)
+                _ADMISSION.set(Admission(grant, started_ns))
+                return grant.caller
+            return self._gate.authenticate(auth_context)
         except NotAuthenticated as exc:
             code, message, caller = RefusalCode.UNAUTHENTICATED, exc.message, None
         except NotAllowed as exc:
@@ -202,23 +342,4 @@ class AuthInterceptor(_InterceptorBase):
         await self._refuser.refuse(context, code, message, method, caller)
 
 
-def _wrap_handler(handler: Handler, guard: Callable[[Behavior], Behavior]) -> Handler:
-    deserializer = handler.request_deserializer
-    serializer = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            guard(handler.unary_unary), deserializer, serializer
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            guard(handler.unary_stream), deserializer, serializer
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            guard(handler.stream_unary), deserializer, serializer
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            guard(handler.stream_stream), deserializer, serializer
-        )
-    raise ValueError("method handler without a behavior")
+_NO_MESSAGE: Any = object()

@@ -53,6 +53,7 @@ from pdp.identity.sources import (
 from pdp.proof import Prover
 from pdp.proof.bundles import open_jwt_bundles
 from pdp.proof.keys import KeyFiles
+from pdp.service.admission import CallerSlots, RecordBudget, RefusalCounts
 from pdp.service.cipher_suites import (
     CIPHER_SUITES_ENV,
     check_cipher_suites,
@@ -66,6 +67,7 @@ from pdp.service.config import (
     ServiceConfig,
     WorkloadApiIdentity,
 )
+from pdp.service.connections import apply_process_limits, release_free_memory
 from pdp.service.gate import CallerGate, CallerPolicy, RateLimiter, WatcherPolicy
 from pdp.service.interceptor import AuthInterceptor, Refuser
 from pdp.service.operations import HealthSource
@@ -92,6 +94,7 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # How often the health checks (own SVID, health sources) are polled.
 _HEALTH_POLL_S = 0.5
+_TRIM_EVERY_S = 60.0
 
 
 _T = TypeVar("_T")
@@ -206,10 +209,22 @@ class DecisionServer:
         self._credentials = RotatingServerCredentials(identity)
         self.verifier = PeerVerifier(lambda: identity.current().bundles)
         self.policy = CallerPolicy(config.callers)
-        refuser = Refuser(self.sink, new_id)
+        # Refusals per caller and code (for metrics); records of refused and invalid
+        # requests within a byte budget per caller (pdp.service.admission).
+        self.refusals = RefusalCounts()
+        self.record_budget = RecordBudget(
+            config.limits.refusal_record_bytes_per_s, config.limits.refusal_record_burst_bytes
+        )
+        refuser = Refuser(self.sink, new_id, budget=self.record_budget, counts=self.refusals)
         engines = FixedEngine(engine) if isinstance(engine, Engine) else engine
         self.prover = build_prover(config, identity)
-        self.core = DecisionCore(engines, self.sink, new_id=new_id, prover=self.prover)
+        self.core = DecisionCore(
+            engines,
+            self.sink,
+            new_id=new_id,
+            prover=self.prover,
+            record_budget=self.record_budget,
+        )
         self._executor = ThreadPoolExecutor(options.threads, thread_name_prefix="pdp-rpc")
         self.servicer = DecisionServicer(
             self.core,
@@ -232,15 +247,28 @@ class DecisionServer:
         )
         self.audit_servicer = AuditServicer(self.hub, refuser, self._status)
         gate = CallerGate(self.verifier, self.policy, watchers=WatcherPolicy(config.audit_watchers))
-        interceptor = AuthInterceptor(
-            gate, refuser, {SERVICE_NAME: gate.admit, AUDIT_SERVICE_NAME: gate.admit_watcher}
+        self.slots = CallerSlots(
+            options.max_concurrent_rpcs, options.max_rpcs_per_caller, options.reserved_rpcs
         )
+        interceptor = AuthInterceptor(
+            gate,
+            refuser,
+            {SERVICE_NAME: gate.admit, AUDIT_SERVICE_NAME: gate.admit_watcher},
+            slots=self.slots,
+            reserved=(f"/{HEALTH_SERVICE_NAME}/", f"/{AUDIT_SERVICE_NAME}/GetStatus"),
+            request_timeout_s=options.request_timeout_s,
+        )
+        self.max_connections = apply_process_limits(options.max_connections)
         grpc_options = [
             ("grpc.max_receive_message_length", config.limits.max_message_bytes),
             ("grpc.max_concurrent_streams", options.max_concurrent_streams),
             ("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace_s * 1000)),
             ("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(options.handshake_timeout_s * 1000)),
+            # Counts connections from accept, so handshaking ones too (grpc has no
+            # per-address cap: put one in front, see README "Limits").
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
             # A second server on the same port must fail, not share it silently; workers
             # of one `pdp serve --workers N` share it on purpose.
             ("grpc.so_reuseport", 1 if config.server.workers > 1 else 0),
@@ -248,11 +276,9 @@ class DecisionServer:
 
         async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
             # grpc.aio objects belong to the loop they are made on.
-            server = grpc.aio.server(
-                interceptors=[interceptor],
-                options=grpc_options,
-                maximum_concurrent_rpcs=options.max_concurrent_rpcs,
-            )
+            # No maximum_concurrent_rpcs: grpc would count a stream from its headers,
+            # before authentication; the interceptor's slots count calls instead.
+            server = grpc.aio.server(interceptors=[interceptor], options=grpc_options)
             server.add_generic_rpc_handlers(
                 (self.servicer.handler(), self.audit_servicer.handler())
             )
@@ -366,7 +392,13 @@ class DecisionServer:
         """Re-reads file/dev identities; polls the health checks and publishes SERVING
         or NOT_SERVING when the outcome changes."""
         next_reload = time.monotonic() + (self._reload_interval or 0.0)
+        next_trim = time.monotonic() + _TRIM_EVERY_S
         while not self._stopped.wait(_HEALTH_POLL_S):
+            if time.monotonic() >= next_trim and self.slots.in_flight <= 1:
+                # Memory freed after a flood (connections, large messages) goes back to
+                # the system while the server is quiet (malloc_trim holds the heap lock).
+                next_trim = time.monotonic() + _TRIM_EVERY_S
+                release_free_memory()
             if self._reload_interval is not None and time.monotonic() >= next_reload:
                 next_reload = time.monotonic() + self._reload_interval
                 if isinstance(self.identity, StaticFileSource):

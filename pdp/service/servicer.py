@@ -29,6 +29,7 @@ lone call is decided at once; under load, calls share Cedar and audit work.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,22 +49,31 @@ from pdp.model import (
     REASON_INTERNAL_ERROR,
     Decision,
     JsonValue,
+    Limits,
     Request,
     RequestError,
     deny,
     parse_request,
 )
 from pdp.proof import Prover
-from pdp.service.convert import check_response, request_data
+from pdp.service.admission import RecordBudget
+from pdp.service.convert import OversizeRequest, check_response, request_data
 from pdp.service.gate import CallerGrant, RateLimiter
 from pdp.service.interceptor import Admission, Refuser, require_admission
-from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode
+from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode, RejectedBody
+from pdp.service.wire import Malformed, batch_requests, check_request_bytes
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 CHECK_METHOD = f"/{SERVICE_NAME}/Check"
 CHECK_BATCH_METHOD = f"/{SERVICE_NAME}/CheckBatch"
+
+# What an invalid request's record may keep beyond fixed-size facts: what was decoded,
+# each field within its limit, at most this much is charged to the caller's budget.
+_MAX_KEPT_DETAIL = 96 * 1024
+# Kept in the record of an invalid request whatever the budget (each within its limit).
+_ALWAYS_KEPT = frozenset({"agent", "server", "tool", "gateway"})
 
 # Time kept back from the call's deadline for sending the answer after recording.
 _ANSWER_MARGIN_S = 0.005
@@ -114,6 +124,7 @@ class DecisionCore:
         new_id: Callable[[], str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         prover: Prover | None = None,
+        record_budget: RecordBudget | None = None,
     ) -> None:
         self.engines = engines
         self.sink = sink
@@ -122,6 +133,7 @@ class DecisionCore:
         # Without a configured prover tokens are still checked, against no keys: a
         # signed intent or JWT-SVID is then denied, never ignored.
         self.prover = prover if prover is not None else Prover.unconfigured()
+        self._record_budget = record_budget
 
     @property
     def engine(self) -> Engine:
@@ -151,8 +163,11 @@ class DecisionCore:
         datas: list[dict[str, JsonValue]] = [{} for _ in messages]
         caller_times: list[str | None] = [None] * len(messages)
         requests: list[Request | None] = [None] * len(messages)
+        rejected: list[RejectedBody | None] = [None] * len(messages)
         try:
-            decisions = self._evaluate(engine, messages, grants, datas, caller_times, requests)
+            decisions = self._evaluate(
+                engine, messages, grants, datas, caller_times, requests, rejected
+            )
         except Exception:
             log.exception("internal error deciding %d request(s)", len(ids))
             decisions = [_internal_error(engine.version)] * len(messages)
@@ -174,6 +189,7 @@ class DecisionCore:
                         latency_us=latency_us,
                         shadow=shadows[index],
                         caller_time=caller_times[index],
+                        rejected=rejected[index],
                     )
                 )
                 index += 1
@@ -200,23 +216,27 @@ class DecisionCore:
         datas: list[dict[str, JsonValue]],
         caller_times: list[str | None],
         requests: list[Request | None],
+        rejected: list[RejectedBody | None],
     ) -> list[Decision]:
         limits = engine.limits
         now = self._clock()  # the decision time of every request of this flush
         decisions: list[Decision | None] = [None] * len(messages)
         for index, message in enumerate(messages):
             grant = grants[index]
+            data: dict[str, JsonValue] = {}
+            datas[index] = data
             try:
                 if isinstance(message, bytes):
-                    message = _decode_check_request(message)
-                data = request_data(message, limits)
+                    message = _decode_check_request(message, limits)
                 # The gateway is whoever authenticated, whatever the request claims.
-                data["gateway"] = grant.caller.spiffe_id
+                request_data(message, limits, into=data, gateway=grant.caller.spiffe_id)
                 caller_times[index] = at_server_clock(data)
-                datas[index] = data
                 request = parse_request(data, now=now, limits=limits)
             except RequestError as exc:
                 decisions[index] = engine.invalid(exc)
+                if caller_times[index] is None:  # the rule broke before the time was taken out
+                    caller_times[index] = at_server_clock(data)
+                rejected[index], datas[index] = self._rejected(message, exc, data, grant)
                 continue
             requests[index] = request
             if not grant.may_ask_about(request.agent):
@@ -243,6 +263,38 @@ class DecisionCore:
                 decisions[index] = decision
         return [d if d is not None else _internal_error(engine.version) for d in decisions]
 
+    def _rejected(
+        self,
+        message: pb.CheckRequest | bytes,
+        error: RequestError,
+        data: dict[str, JsonValue],
+        grant: CallerGrant,
+    ) -> tuple[RejectedBody, dict[str, JsonValue]]:
+        """Bounded facts about an invalid request, and the data its record may keep.
+
+        ``data`` holds what was decoded before the rule broke, each field within its
+        limit (decoding stops at the first limit: pdp.service.convert). Beyond the
+        caller's record budget only who asked about what is kept. Hashing the body
+        costs about what decoding it did."""
+        body = message if isinstance(message, bytes) else message.SerializeToString()
+        excerpt = error.excerpt if isinstance(error, OversizeRequest) else ""
+        detail = min(len(body), _MAX_KEPT_DETAIL) + len(excerpt)
+        kept = self._record_budget is None or self._record_budget.allow(
+            grant.caller.spiffe_id, detail
+        )
+        if not kept:
+            data = {k: v for k, v in data.items() if k in _ALWAYS_KEPT}
+            excerpt = ""
+        facts = RejectedBody(
+            size=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+            field=error.field,
+            rule=error.rule,
+            excerpt=excerpt,
+            kept=kept,
+        )
+        return facts, data
+
     def _record(self, events: list[DecisionEvent], timeout: float | None) -> list[bool]:
         if timeout is not None:
             timeout = max(0.0, timeout - _ANSWER_MARGIN_S)
@@ -266,7 +318,8 @@ def _time_remaining(context: Context) -> float | None:
     return remaining
 
 
-def _decode_check_request(data: bytes) -> pb.CheckRequest:
+def _decode_check_request(data: bytes, limits: Limits) -> pb.CheckRequest:
+    check_request_bytes(data, limits)  # before protobuf parses what it must not
     message = pb.CheckRequest()
     try:
         message.ParseFromString(data)
@@ -415,10 +468,10 @@ class DecisionServicer:
 
     async def check_batch(self, data: bytes, context: Context) -> pb.CheckBatchResponse:
         admission = await self._admitted(context, CHECK_BATCH_METHOD)
-        batch = pb.CheckBatchRequest()
         try:
-            batch.ParseFromString(data)
-        except (DecodeError, RecursionError) as exc:
+            # Split at the wire: each request is checked and decoded on its own.
+            requests = batch_requests(data)
+        except Malformed as exc:
             # Without the list there is no way to answer request by request.
             await self._refuser.refuse(
                 context,
@@ -427,7 +480,7 @@ class DecisionServicer:
                 CHECK_BATCH_METHOD,
                 admission.grant.caller,
             )
-        count = len(batch.requests)
+        count = len(requests)
         if count > self._max_batch:
             await self._refuser.refuse(
                 context,
@@ -438,7 +491,7 @@ class DecisionServicer:
             )
         await self._charge(context, CHECK_BATCH_METHOD, admission, count)
         call = PendingCall(
-            batch.requests,
+            requests,
             admission.grant,
             CHECK_BATCH_METHOD,
             admission.started_ns,

@@ -14,6 +14,8 @@ for an fsync cannot stall every other call.
 Refusals (unauthenticated, permission denied, rate limited, batch too large or
 undecodable) go to
 :meth:`DecisionSink.record_refusal`, which must not block: the call is refused anyway.
+Every refusal reaches it; ``RefusalEvent.record`` is False when the caller has spent
+its record budget, and an audit sink then writes nothing for it.
 
 An audit adapter is expected to look like::
 
@@ -53,6 +55,26 @@ class DecisionEvent:
     latency_us: int  # from receiving the call to having the decision, before recording
     shadow: Decision | None = None  # the shadow policy set's answer, recorded, never enforced
     caller_time: str | None = None  # the ``time`` the caller sent (RFC 3339), ignored
+    # Set when the request broke a rule (the decision is an ``invalid_request`` deny):
+    # bounded facts about the body, which the record keeps instead of the body.
+    rejected: RejectedBody | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedBody:
+    """Bounded facts about a request that broke a rule, for its record: never the body.
+
+    ``data`` of its :class:`DecisionEvent` then holds what was decoded before the rule
+    broke (each field within its limit), or, when the caller has spent its record
+    budget (``kept`` False), only the names of who asked about what.
+    """
+
+    size: int  # bytes of the request message
+    sha256: str  # hex digest of the request message as received
+    field: str  # the offending field, e.g. "arguments.items[3]"
+    rule: str  # the rule it broke, e.g. "too_large"
+    excerpt: str  # the first characters of the offending value ("" if none, or not kept)
+    kept: bool  # False: over the caller's record budget, only the facts are recorded
 
 
 class RefusalCode(StrEnum):
@@ -62,6 +84,8 @@ class RefusalCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     INVALID_ARGUMENT = "invalid_argument"
+    # The request message did not arrive in time (server.request_timeout_s).
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +96,9 @@ class RefusalEvent:
     method: str
     peer: str  # grpc's peer address, e.g. "ipv4:127.0.0.1:53412"
     caller: Caller | None  # None when the peer was not authenticated
+    # False when the caller (or peer address) has spent its record budget
+    # (limits.refusal_record_bytes_per_s): the sink counts the refusal, writes no record.
+    record: bool = True
 
 
 class DecisionSink(Protocol):

@@ -165,16 +165,21 @@ def test_the_sink_blocks_only_in_sync_mode(tmp_path: Path) -> None:
 # --- nothing lost, nothing half-accepted -------------------------------------------------
 
 
-def test_unencodable_data_is_refused_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [DeliveryMode.SYNC, DeliveryMode.ASYNC])
+def test_unencodable_data_fails_alone_on_the_writer(tmp_path: Path, mode: DeliveryMode) -> None:
+    # The service never sends a NaN (it refuses them while decoding); another caller
+    # might. Records are built on the writer, never on the caller's thread (in async
+    # mode the service's event loop): the bad one fails there, alone, and is counted.
     denied = deny("v1", REASON_INVALID_REQUEST, "arguments: numbers must be integers")
     bad = event(request=None, data={"arguments": {"x": float("nan")}}, decision=denied)
     good = [event(), event()]
-    audit = open_audit(tmp_path, mode=DeliveryMode.ASYNC)
-    flags = AuditDecisionSink(audit).record_decisions([good[0], bad, good[1]], timeout=None)
-    assert list(flags) == [True, False, True]  # the service answers audit_unavailable for it
-    assert audit.close()
+    audit = open_audit(tmp_path, mode=mode)
+    flags = AuditDecisionSink(audit).record_decisions([good[0], bad, good[1]], timeout=5)
+    # sync: the service answers audit_unavailable for it; async: queued is enough.
+    assert list(flags) == ([True, False, True] if mode is DeliveryMode.SYNC else [True] * 3)
+    audit.close()  # False in async mode: a record was accepted and then not written
     assert record_ids(tmp_path) == [good[0].decision_id, good[1].decision_id]
-    assert audit.pipeline.stats().rejected == 1
+    assert audit.pipeline.stats().failed == 1
 
 
 def stalled(pipeline: AuditPipeline) -> threading.Event:
@@ -209,17 +214,20 @@ def test_a_call_is_queued_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_when_the_writer_falls_behind_submitters_build_their_records(tmp_path: Path) -> None:
+    # A sync sink's caller is a worker thread: under backpressure it helps build.
     audit = open_audit(tmp_path, mode=DeliveryMode.ASYNC, queue_size=8)
+    pipeline = audit.pipeline
     sink = AuditDecisionSink(audit)
-    release = stalled(audit.pipeline)
+    release = stalled(pipeline)
     sink.record_decisions([event()], timeout=None)
-    assert wait_until(lambda: audit.pipeline.stats().written == 1)
+    assert wait_until(lambda: pipeline.stats().written == 1)
     deferred = [event({"token": "planted-1"}) for _ in range(4)]  # the queue is now half full
     built_here = [event({"token": "planted-2"}) for _ in range(3)]
-    assert list(sink.record_decisions(deferred, timeout=None)) == [True] * 4
-    assert list(sink.record_decisions(built_here, timeout=None)) == [True] * 3
+    render = sink._decision_record
+    assert pipeline.submit_all([(e, 0.0) for e in deferred], render).accepted
+    assert pipeline.submit_all([(e, 0.0) for e in built_here], render).accepted
     # Queued as events for the writer, then as encoded lines (no builder left to call).
-    assert [item[3] is None for item in audit.pipeline._items] == [False] * 4 + [True] * 3
+    assert [item[3] is None for item in pipeline._items] == [False] * 4 + [True] * 3
     release.set()
     assert audit.close()
     lines = raw_lines(tmp_path)
@@ -227,6 +235,21 @@ def test_when_the_writer_falls_behind_submitters_build_their_records(tmp_path: P
     for e in deferred + built_here:
         record = json.loads(lines[e.decision_id])
         assert record["request"]["arguments"] == {"token": REDACTED}
+
+
+def test_an_async_sink_never_builds_records_on_the_callers_thread(tmp_path: Path) -> None:
+    # In async mode the caller is the service's event loop: records are built on the
+    # writer only, however far behind it is (the queue bound refuses instead).
+    audit = open_audit(tmp_path, mode=DeliveryMode.ASYNC, queue_size=8)
+    sink = AuditDecisionSink(audit)
+    release = stalled(audit.pipeline)
+    sink.record_decisions([event()], timeout=None)
+    assert wait_until(lambda: audit.pipeline.stats().written == 1)
+    assert list(sink.record_decisions([event() for _ in range(7)], timeout=None)) == [True] * 7
+    assert [item[3] is None for item in audit.pipeline._items] == [False] * 7
+    assert list(sink.record_decisions([event() for _ in range(2)], timeout=None)) == [False] * 2
+    release.set()
+    assert audit.close()
 
 
 def boom(entry: Any) -> dict[str, Any]:
