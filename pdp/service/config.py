@@ -23,7 +23,7 @@ Example (every key optional except what the identity source needs)::
       request: {max_arguments_bytes: 65536, max_depth: 16}
     rate_limit: {decisions_per_second: 2000, burst: 4000}
     server: {threads: 8, max_concurrent_rpcs: 1024, max_rpcs_per_caller: 64,
-             request_timeout_s: 5, handshake_timeout_s: 5, max_connections: 1000}
+             request_timeout_s: 5, handshake_timeout_s: 10, max_connections: 1000}
     metrics_listen: 127.0.0.1:9464   # Prometheus /metrics, plain HTTP (default: none)
     proof:                   # signed intents and JWT-SVIDs: see pdp/proof/config.py
       intent_issuers: [{issuer: https://approvals.acme.test, jwks: approvals.jwks.json}]
@@ -149,7 +149,7 @@ class ServerOptions:
     request_timeout_s: float = 5.0
     max_concurrent_streams: int = 100  # per HTTP/2 connection
     # TLS handshakes not finished in this time are dropped (grpc's default is 120 s).
-    handshake_timeout_s: float = 5.0
+    handshake_timeout_s: float = 10.0
     # Connections open at once, handshaking or not (lowered at start to fit the
     # open-file limit); beyond it new connections are closed at once.
     max_connections: int = 1000
