@@ -243,6 +243,51 @@ def cmd_schema_from_mcp(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_access(args: argparse.Namespace) -> int:
+    from pdp.engine.access import FLOOR_NOTE, access_matrix, agents_of, groups_of, tools_of
+
+    engine = _load_engine(args.policies)
+    inventory = f"{args.policies.rstrip('/')}/entities.json"
+    if args.agent:
+        if args.agent not in agents_of(engine):
+            _fail(f"agent {args.agent} is not in the inventory ({inventory})")
+        agents = [args.agent]
+    elif args.group:
+        if args.group not in groups_of(engine):
+            _fail(f"agent group {args.group!r} is not in the inventory ({inventory})")
+        agents = agents_of(engine, args.group)
+    else:
+        agents = agents_of(engine)
+    tools = tools_of(engine, args.server)
+    if args.server and not tools:
+        _fail(f"server {args.server!r} is not in the inventory ({inventory})")
+    rows = list(access_matrix(engine, agents, tools, now=datetime.now(UTC)))
+    if args.json:
+        print_json(
+            {
+                "policy_version": engine.version,
+                "floor": FLOOR_NOTE,
+                "access": [row.to_json() for row in rows],
+            }
+        )
+        return EXIT_OK
+    width = max((len(row.ref) for row in rows), default=10)
+    agent = None
+    for row in rows:
+        if row.agent != agent:
+            agent = row.agent
+            print(("\n" if row is not rows[0] else "") + agent)
+        if row.access == "depends":
+            detail = f"on {', '.join(row.on)}: " + ", ".join(
+                f"{p.policy_id} ({p.effect}, reads {', '.join(p.reads)})" for p in row.policies
+            )
+        else:
+            detail = ", ".join(p.policy_id for p in row.policies) or "default_deny"
+        print(f"  {row.ref:<{width}}  {row.access:<7}  {detail}")
+    print(f"\n{FLOOR_NOTE}; policy version {engine.version}")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pdp.service.commands import ServeOptions, serve
 
@@ -347,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a file would change")
     p.add_argument("--line-width", type=int, default=100)
     p.set_defaults(handler=cmd_fmt)
+
+    p = sub.add_parser(
+        "access", help="effective access: which tools each agent can reach (allow/never/depends)"
+    )
+    _policies_option(p)
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--agent", metavar="SPIFFE_ID", help="one agent of the inventory")
+    who.add_argument("--group", metavar="GROUP", help="the agents of one group (nested too)")
+    p.add_argument("--server", metavar="NAME", help="only this MCP server's tools")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(handler=cmd_access)
 
     p = sub.add_parser("schema", help="schema helpers")
     schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")

@@ -1,0 +1,232 @@
+"""Effective access: which tools an agent can reach, decided by the engine itself.
+
+For one (agent, server, tool) the answer is one of:
+
+* ``allow`` — a call is allowed whatever its arguments, intent purpose, time, session
+  or gateway (the floor still applies to every call: it must carry a declared intent
+  naming the tool, not expired);
+* ``never`` — no call is allowed;
+* ``depends`` — the answer turns on what the call carries: ``on`` names it (arguments,
+  intent, time, session, gateway, context), ``policies`` the policies that read it.
+
+Nothing here re-implements Cedar. The policies that can apply are the ones the
+engine's scope index selects for a decision (the same selection, so the answer is
+exact for every scope the index files: ``==``, ``in``, ``is``, ``is … in``, action
+lists). What a policy's conditions read is taken from Cedar's own parse of it (its
+JSON form): a policy whose conditions read only the agent, the server, the tool and
+inventory attributes gives the same result for every call, so one probe decided by the
+real engine (with an intent naming the tool, no arguments) is the answer. Only when a
+selected policy reads what a call carries does the answer become ``depends``, unless a
+forbid that reads nothing of the call already fires (``never``) or no permit can apply
+(``never``).
+
+Pure: no I/O; the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import cedarpy
+
+from pdp.engine.evaluate import Engine
+from pdp.engine.source import PolicyUnit
+from pdp.model import JsonValue, format_time
+
+ALLOW, NEVER, DEPENDS = "allow", "never", "depends"
+# Context members fixed by (agent, server, tool): reading them keeps an answer exact.
+_FIXED_CONTEXT = frozenset({"tool", "agent"})
+# What a call carries, by the context member a policy reads.
+_CARRIED = {
+    "input": "arguments",
+    "intent": "intent",
+    "time": "time",
+    "session": "session",
+    "gateway": "gateway",
+}
+PROBE_PURPOSE = "pdp.access"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRole:
+    """A policy that takes part in an answer."""
+
+    policy_id: str
+    effect: str
+    location: str
+    reads: tuple[str, ...] = ()  # what of the call its conditions read (empty: nothing)
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "id": self.policy_id,
+            "effect": self.effect,
+            "location": self.location,
+            "reads": list(self.reads),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAccess:
+    agent: str
+    server: str
+    tool: str
+    access: str  # ALLOW | NEVER | DEPENDS
+    policies: tuple[PolicyRole, ...]  # determining (allow/never) or those that read the call
+    on: tuple[str, ...] = ()  # DEPENDS: what the answer turns on
+    permits: tuple[str, ...] = field(default=())  # DEPENDS: the permits that may grant it
+
+    @property
+    def ref(self) -> str:
+        return f"{self.server}/{self.tool}"
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {
+            "agent": self.agent,
+            "server": self.server,
+            "tool": self.tool,
+            "access": self.access,
+            "policies": [p.to_json() for p in self.policies],
+        }
+        if self.access == DEPENDS:
+            out["on"] = list(self.on)
+            out["permits"] = list(self.permits)
+        return out
+
+
+def _context_reads(node: Any, found: set[str]) -> int:
+    """Adds the context members read under ``node`` (Cedar's JSON form of an
+    expression) to ``found``; returns how many uses of ``context`` were accounted for
+    minus how many there were (negative: ``context`` used as a whole somewhere)."""
+    balance = 0
+    if isinstance(node, dict):
+        if node.get("Var") == "context":
+            return -1
+        for op in (".", "has"):
+            inner = node.get(op)
+            if isinstance(inner, dict) and inner.get("left") == {"Var": "context"}:
+                found.add(str(inner.get("attr")))
+                balance += 1
+        for value in node.values():
+            balance += _context_reads(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            balance += _context_reads(value, found)
+    return balance
+
+
+@functools.lru_cache(maxsize=65536)
+def _reads_of_text(text: str) -> tuple[str, ...]:
+    """What of a call a policy's conditions read, from Cedar's parse of the policy."""
+    try:
+        parsed = json.loads(cedarpy.policies_to_json_str(text))
+        policy = next(iter(parsed["staticPolicies"].values()))
+        conditions = policy.get("conditions") or []
+    except (ValueError, KeyError, StopIteration, TypeError):
+        return ("context",)  # unreadable here: never claim exactness
+    members: set[str] = set()
+    if _context_reads(conditions, members) < 0:
+        return ("context",)
+    carried = {_CARRIED.get(m, "context") for m in members if m not in _FIXED_CONTEXT}
+    return tuple(sorted(carried))
+
+
+def policy_reads(unit: PolicyUnit) -> tuple[str, ...]:
+    return _reads_of_text(unit.text)
+
+
+def _role(unit: PolicyUnit) -> PolicyRole:
+    return PolicyRole(unit.policy_id, unit.effect, unit.location, policy_reads(unit))
+
+
+def probe_request(agent: str, server: str, tool: str, now: datetime) -> dict[str, JsonValue]:
+    """A call that satisfies the floor (intent naming the tool) and carries nothing else."""
+    return {
+        "agent": agent,
+        "server": server,
+        "tool": tool,
+        "arguments": {},
+        "intent": {"purpose": PROBE_PURPOSE, "tools": [f"{server}/{tool}"]},
+        "time": format_time(now),
+    }
+
+
+def tool_access(engine: Engine, agent: str, server: str, tool: str, *, now: datetime) -> ToolAccess:
+    """What ``agent`` may do with ``server``/``tool`` under ``engine``'s policies."""
+    units = engine.subset(agent, server, tool).units
+    authored = [u for u in units if not u.floor]
+    variable = [u for u in authored if policy_reads(u)]
+    decision = engine.decide_json(probe_request(agent, server, tool, now), now=now)
+    by_id = {u.policy_id: u for u in units}
+    determining = tuple(_role(by_id[r.policy]) for r in decision.reasons if r.policy in by_id)
+    fixed_forbids = [role for role in determining if role.effect == "forbid" and not role.reads]
+    permits = [u for u in authored if u.effect == "permit"]
+    if not permits:  # nothing can grant it, whatever the call carries
+        return ToolAccess(agent, server, tool, NEVER, tuple(fixed_forbids))
+    if fixed_forbids:  # a forbid that reads nothing of the call fires for every call
+        return ToolAccess(agent, server, tool, NEVER, tuple(fixed_forbids))
+    if not variable:  # nothing the probe left out is read: its answer holds for every call
+        return ToolAccess(agent, server, tool, ALLOW if decision.allowed else NEVER, determining)
+    roles = tuple(_role(u) for u in variable)
+    on = tuple(sorted({item for role in roles for item in role.reads}))
+    return ToolAccess(
+        agent,
+        server,
+        tool,
+        DEPENDS,
+        roles,
+        on or ("context",),
+        tuple(u.policy_id for u in permits),
+    )
+
+
+# --- the inventory ----------------------------------------------------------------------
+
+
+def agents_of(engine: Engine, group: str | None = None) -> list[str]:
+    """The inventory's agents, sorted; with ``group``, its members (nested groups too)."""
+    compiled = engine.compiled
+    agents = sorted(
+        str(e["uid"]["id"]) for e in compiled.inventory.entities if e["uid"]["type"] == "Agent"
+    )
+    if group is None:
+        return agents
+    key = ("AgentGroup", group)
+    return [a for a in agents if key in compiled.ancestors.get(("Agent", a), frozenset())]
+
+
+def groups_of(engine: Engine) -> list[str]:
+    return sorted(
+        str(e["uid"]["id"])
+        for e in engine.compiled.inventory.entities
+        if e["uid"]["type"] == "AgentGroup"
+    )
+
+
+def tools_of(engine: Engine, server: str | None = None) -> list[tuple[str, str]]:
+    tools = sorted(engine.compiled.inventory.tools)
+    return [t for t in tools if server is None or t[0] == server]
+
+
+def access_matrix(
+    engine: Engine,
+    agents: Sequence[str],
+    tools: Iterable[tuple[str, str]],
+    *,
+    now: datetime,
+) -> Iterator[ToolAccess]:
+    """:func:`tool_access` for every agent and tool, agent by agent."""
+    tool_list = list(tools)
+    for agent in agents:
+        for server, tool in tool_list:
+            yield tool_access(engine, agent, server, tool, now=now)
+
+
+FLOOR_NOTE = (
+    "every call must also declare an unexpired intent naming the tool (the floor);"
+    " 'allow' and 'never' hold for every call that does, 'depends' names what decides"
+)
