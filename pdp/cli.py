@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=cmd_audit_export)
 
     add_replay_parser(sub)
+    from pdp.posture.cli import add_posture_parser
+
+    add_posture_parser(sub)
 
     p = sub.add_parser("intent", help="signed intents")
     intent_sub = p.add_subparsers(dest="intent_command", required=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -68,6 +68,9 @@ class Unreadable:
 class Skipped:
     at: str
     kind: LineKind
+    # SERVICE lines: the decision the service made without the policies (posture counts
+    # these denies; replay never re-decides them).
+    decision: RecordedDecision | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,5 +193,5 @@ def read_record(at: str, raw: bytes | str) -> ReadLine:
     except _BadRecord as exc:
         return Unreadable(at, f"decision record: {exc}")
     if any(reason.policy in SERVICE_REASONS for reason in record.decision.reasons):
-        return Skipped(at, LineKind.SERVICE)
+        return Skipped(at, LineKind.SERVICE, record)
     return record
