@@ -4,7 +4,7 @@ For one (agent, server, tool) the answer is one of:
 
 * ``allow`` — a call is allowed whatever its arguments, intent purpose, time, session
   or gateway (the floor still applies to every call: it must carry a declared intent
-  naming the tool, not expired);
+  naming the tool, not expired, and arguments that meet the tool's input schema);
 * ``never`` — no call is allowed;
 * ``depends`` — the answer turns on what the call carries: ``on`` names it (arguments,
   intent, time, session, gateway, context), ``policies`` the policies that read it.
@@ -36,7 +36,7 @@ import cedarpy
 
 from pdp.engine.evaluate import Engine
 from pdp.engine.source import PolicyUnit
-from pdp.model import JsonValue, format_time
+from pdp.model import JsonValue, format_time, parse_request
 
 ALLOW, NEVER, DEPENDS = "allow", "never", "depends"
 # Context members fixed by (agent, server, tool): reading them keeps an answer exact.
@@ -160,7 +160,10 @@ def tool_access(engine: Engine, agent: str, server: str, tool: str, *, now: date
     units = engine.subset(agent, server, tool).units
     authored = [u for u in units if not u.floor]
     variable = [u for u in authored if policy_reads(u)]
-    decision = engine.decide_json(probe_request(agent, server, tool, now), now=now)
+    probe = parse_request(probe_request(agent, server, tool, now), now=now, limits=engine.limits)
+    # The policies alone: the arguments floor rule (each call's arguments must meet the
+    # tool's input schema) holds for every call and is stated with the answer.
+    decision = engine.decide_by_policies(probe)
     by_id = {u.policy_id: u for u in units}
     determining = tuple(_role(by_id[r.policy]) for r in decision.reasons if r.policy in by_id)
     fixed_forbids = [role for role in determining if role.effect == "forbid" and not role.reads]
@@ -227,6 +230,7 @@ def access_matrix(
 
 
 FLOOR_NOTE = (
-    "every call must also declare an unexpired intent naming the tool (the floor);"
+    "every call must also declare an unexpired intent naming the tool and carry arguments"
+    " that meet the tool's input schema (the floor);"
     " 'allow' and 'never' hold for every call that does, 'depends' names what decides"
 )

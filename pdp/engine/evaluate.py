@@ -241,6 +241,13 @@ class Engine:
     def decide(self, request: Request) -> Decision:
         return self.decide_batch((request,))[0]
 
+    def decide_by_policies(self, request: Request) -> Decision:
+        """The policies' answer alone, without the invalid_arguments floor check: what
+        pdp.engine.access probes (with no arguments) to learn what the policies grant.
+        Never for a service: a call's arguments must always meet its tool's schema."""
+        subset = self.subset(request.agent, request.server, request.tool)
+        return self._evaluate(subset, [request])[0]
+
     def decide_batch(self, requests: Sequence[Request]) -> list[Decision]:
         """Decides many requests with as few Cedar calls as there are distinct subsets;
         answers are in request order."""

@@ -8,7 +8,8 @@ Per agent, over the window the log covers:
   tool used under only some of them (a permit could require those purposes);
 * **denied attempts by reason** — intent mismatch (the floor: no intent, a tool outside
   it, expired), outside the caller's binding, unknown tool, forbidden by a policy, no
-  permit, invalid request, evaluation or service errors;
+  permit, invalid request, arguments outside the tool's schema, evaluation or service
+  errors;
 * **new agent → tool pairs** — first seen in the last day of the window.
 
 And for the policy set: **permits that never determined a decision** in the window and
@@ -28,6 +29,7 @@ from pdp.engine.store import CompiledPolicies
 from pdp.model import (
     REASON_CALLER_NOT_BOUND,
     REASON_DEFAULT_DENY,
+    REASON_INVALID_ARGUMENTS,
     REASON_INVALID_REQUEST,
     REASON_UNKNOWN_TOOL,
     JsonValue,
@@ -42,6 +44,7 @@ UNKNOWN_TOOL = "unknown tool"
 FORBIDDEN = "forbidden by policy"
 NO_PERMIT = "no permit"
 INVALID = "invalid request"
+INVALID_ARGUMENTS = "arguments outside the tool's schema"
 ERROR = "error"
 _FLOOR_INTENT = {"floor.intent_required", "floor.tool_outside_intent", "floor.intent_expired"}
 TIMELINE_BUCKETS = 48
@@ -67,6 +70,8 @@ def deny_category(reason: str, forbids: frozenset[str]) -> str:
         return NO_PERMIT
     if reason == REASON_INVALID_REQUEST:
         return INVALID
+    if reason == REASON_INVALID_ARGUMENTS:
+        return INVALID_ARGUMENTS
     if reason in forbids:
         return FORBIDDEN
     return ERROR  # evaluation_error, internal_error, audit_unavailable, unknown codes

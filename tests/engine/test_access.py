@@ -81,6 +81,9 @@ def test_every_exact_answer_is_what_the_engine_decides(engine: Engine) -> None:
     what a policy could read (arguments, purpose, session, time)."""
     variants = [
         ({}, "x", ""),
+        ({"ticket_id": "T-1"}, "x", ""),
+        ({"repo": "acme/website", "path": "a"}, "x", ""),
+        ({"command": "ls"}, "x", ""),
         (
             {"repo": "acme/website", "branch": "dev", "amount_cents": 100, "currency": "EUR"},
             "y",
@@ -89,6 +92,7 @@ def test_every_exact_answer_is_what_the_engine_decides(engine: Engine) -> None:
         ({"amount_cents": 10**9}, "support.triage", "sess-1"),
     ]
     matrix = list(access_matrix(engine, agents_of(engine), tools_of(engine), now=NOW))
+    checked = 0
     assert len(matrix) == len(agents_of(engine)) * len(tools_of(engine))
     for access in matrix:
         if access.access == DEPENDS:
@@ -105,7 +109,11 @@ def test_every_exact_answer_is_what_the_engine_decides(engine: Engine) -> None:
                     "time": f"2026-11-28T{hours:02d}:30:00Z",
                 }
                 decision = engine.decide_json(request, now=NOW)
+                if decision.reasons and decision.reasons[0].policy == "invalid_arguments":
+                    continue  # the floor's schema rule, stated with every answer
+                checked += 1
                 assert decision.allowed == (access.access == ALLOW), (access, request)
+    assert checked > 40
 
 
 def test_what_a_policy_reads_comes_from_cedars_parse(tmp_path: Path) -> None:

@@ -68,7 +68,10 @@ def recorded_log(directory: Path) -> Path:
         calls.append(_call(CODER, "shell/exec", at, command="ls"))
     last = START + timedelta(days=6, hours=23)
     calls.append(_call(FINANCE, "payments/get_balance", last))  # new in the last day
-    calls.append(_call(SUPPORT, "crm/get_ticket", last, "support.triage", tools=["git/push"]))
+    calls.append(
+        _call(SUPPORT, "crm/get_ticket", last, "support.triage", tools=["git/push"], ticket_id="T")
+    )
+    calls.append(_call(FINANCE, "payments/create_payment", last, amount_cents="lots"))
     calls.append(_call(SUPPORT, "crm/export_all", last, tools=["crm/*"]))  # not in inventory
     # A name no parser accepts: logged as received, an invalid_request deny.
     calls.append(_call(SUPPORT, "crm/" + HOSTILE_TOOL, last, tools=["crm/*"]))
@@ -167,6 +170,7 @@ def test_over_permission_findings(report: dict[str, Any]) -> None:
     assert coder["denied_by_reason"] == {"forbidden by policy": 7}
     finance = agent(report, FINANCE)
     assert finance["new_in_last_day"] == ["payments/get_balance"]
+    assert finance["denied_by_reason"] == {"arguments outside the tool's schema": 1}
     assert agent(report, HELPER)["denied_by_reason"] == {"outside binding": 1}
     assert agent(report, HELPER)["permitted_unused"] == ["partner-crm/get_ticket"]
     never = {p["id"] for p in report["permits_never_determining"]}
