@@ -7,7 +7,7 @@ For one (agent, server, tool) the answer is one of:
   naming the tool, not expired, and arguments that meet the tool's input schema);
 * ``never`` — no call is allowed;
 * ``depends`` — the answer turns on what the call carries: ``on`` names it (arguments,
-  intent, time, session, gateway, context), ``policies`` the policies that read it.
+  intent, time, session, gateway, agent proof, context), ``policies`` the policies that read it.
 
 Nothing here re-implements Cedar. The policies that can apply are the ones the
 engine's scope index selects for a decision (the same selection, so the answer is
@@ -40,14 +40,20 @@ from pdp.model import JsonValue, format_time, parse_request
 
 ALLOW, NEVER, DEPENDS = "allow", "never", "depends"
 # Context members fixed by (agent, server, tool): reading them keeps an answer exact.
-_FIXED_CONTEXT = frozenset({"tool", "agent"})
-# What a call carries, by the context member a policy reads.
+_FIXED_MEMBERS = {
+    "tool": frozenset({"server", "name", "ref", "server_wildcard"}),
+    "agent": frozenset({"trust_domain", "path"}),
+}
+_FIXED = frozenset(f"{m}.{a}" for m, attrs in _FIXED_MEMBERS.items() for a in attrs) | {"tool"}
+# What a call carries, by the context member a policy reads (``agent.proven`` and any
+# other agent member but its name's parts comes with the call: the agent's proof).
 _CARRIED = {
     "input": "arguments",
     "intent": "intent",
     "time": "time",
     "session": "session",
     "gateway": "gateway",
+    "agent": "agent proof",
 }
 PROBE_PURPOSE = "pdp.access"
 
@@ -98,25 +104,43 @@ class ToolAccess:
         return out
 
 
-def _context_reads(node: Any, found: set[str]) -> int:
+_CONTEXT = {"Var": "context"}
+
+
+def _context_member(node: dict[str, Any]) -> str | None:
+    """``context.m`` / ``context has m`` -> ``m``; ``context.m.a`` / ``context.m has a``
+    for a member with fixed parts -> ``m.a``; otherwise None."""
+    for op in (".", "has"):
+        inner = node.get(op)
+        if not isinstance(inner, dict):
+            continue
+        left = inner.get("left")
+        if left == _CONTEXT:
+            return str(inner.get("attr"))
+        parent = left.get(".") if isinstance(left, dict) else None
+        if (
+            isinstance(parent, dict)
+            and parent.get("left") == _CONTEXT
+            and parent.get("attr") in _FIXED_MEMBERS
+        ):
+            return f"{parent['attr']}.{inner.get('attr')}"
+    return None
+
+
+def _context_reads(node: Any, found: set[str]) -> bool:
     """Adds the context members read under ``node`` (Cedar's JSON form of an
-    expression) to ``found``; returns how many uses of ``context`` were accounted for
-    minus how many there were (negative: ``context`` used as a whole somewhere)."""
-    balance = 0
+    expression) to ``found``; False when ``context`` is used as a whole somewhere."""
     if isinstance(node, dict):
-        if node.get("Var") == "context":
-            return -1
-        for op in (".", "has"):
-            inner = node.get(op)
-            if isinstance(inner, dict) and inner.get("left") == {"Var": "context"}:
-                found.add(str(inner.get("attr")))
-                balance += 1
-        for value in node.values():
-            balance += _context_reads(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            balance += _context_reads(value, found)
-    return balance
+        if node == _CONTEXT:
+            return False
+        member = _context_member(node)
+        if member is not None:
+            found.add(member)
+            return True
+        return all([_context_reads(value, found) for value in node.values()])
+    if isinstance(node, list):
+        return all([_context_reads(value, found) for value in node])
+    return True
 
 
 @functools.lru_cache(maxsize=65536)
@@ -129,9 +153,9 @@ def _reads_of_text(text: str) -> tuple[str, ...]:
     except (ValueError, KeyError, StopIteration, TypeError):
         return ("context",)  # unreadable here: never claim exactness
     members: set[str] = set()
-    if _context_reads(conditions, members) < 0:
+    if not _context_reads(conditions, members):
         return ("context",)
-    carried = {_CARRIED.get(m, "context") for m in members if m not in _FIXED_CONTEXT}
+    carried = {_CARRIED.get(m.partition(".")[0], "context") for m in members if m not in _FIXED}
     return tuple(sorted(carried))
 
 

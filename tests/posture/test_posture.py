@@ -174,7 +174,8 @@ def test_over_permission_findings(report: dict[str, Any]) -> None:
     assert agent(report, HELPER)["denied_by_reason"] == {"outside binding": 1}
     assert agent(report, HELPER)["permitted_unused"] == ["partner-crm/get_ticket"]
     never = {p["id"] for p in report["permits_never_determining"]}
-    assert never == {"partners.read_partner_crm"}
+    used = {"support.read_tickets", "finance.small_payments", "finance.balance"}
+    assert "partners.read_partner_crm" in never and not never & (used | {"coding.own_repos"})
     assert report["forbids_fired"] == {
         "support.never_delete": 7,
         "ban.shell_exec": 7,
@@ -197,7 +198,8 @@ def test_terminal_summary(log_dir: Path) -> None:
     assert "permitted, never used: git/push, git/write_file" in out
     assert "used only under intents support.triage: crm/search_tickets" in out
     assert "new in the last day: payments/get_balance" in out
-    assert "permits that never determined a decision: partners.read_partner_crm" in out
+    assert "permits that never determined a decision: " in out
+    assert "partners.read_partner_crm (examples/tenancy.cedar:" in out
     assert "forbids that fired: " in out and "support.never_delete x7" in out
     missing = posture_cli(str(log_dir / "nope"))
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
