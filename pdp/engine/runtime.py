@@ -10,10 +10,16 @@ happens meanwhile; every decision names its version.
 A shadow set is decided beside the active one for every request; the caller gets
 the active answer and the audit record carries the shadow's, so a rollout can be
 judged on live traffic before it is enforced.
+
+A reload attempted while the process is out of file descriptors (EMFILE/ENFILE, e.g.
+during a connection flood) proves nothing about the policies: it is deferred, not
+rejected (no rejected-reload record, the old version keeps serving, a warning says
+why), and the watcher tries again until the descriptors are back.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -78,6 +84,26 @@ def build_engine(directory: Path, limits: Limits, *, run_tests: bool) -> Engine:
     return engine
 
 
+# Descriptors a reload must be able to open besides its files, checked before and after.
+_FD_HEADROOM = 16
+
+
+def descriptors_short(count: int = _FD_HEADROOM) -> str:
+    """Why the process cannot open ``count`` more files now (EMFILE or ENFILE), or ""."""
+    opened: list[int] = []
+    try:
+        for _ in range(count):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return f"the process is out of file descriptors ({os.strerror(exc.errno)})"
+        return ""
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return ""
+
+
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detection: name, size and mtime of every file below the directory."""
     entries = []
@@ -114,6 +140,7 @@ class PolicyRuntime:
         self._watcher: threading.Thread | None = None
         self.last_event: ReloadEvent | None = None
         self.last_rejected: ReloadEvent | None = None  # the last reload that was not applied
+        self.deferred = 0  # reloads put off for want of file descriptors (see the docstring)
         # The first load must succeed: there is no older version to fall back on.
         self.engine: Engine = build_engine(self.directory, limits, run_tests=run_tests)
         self.shadow: Engine | None = None
@@ -165,6 +192,9 @@ class PolicyRuntime:
         started = time.perf_counter()
         current = self.engine if role == "active" else self.shadow
         current_version = current.version if current else ""
+        short = descriptors_short()
+        if short:
+            return self._defer(role, directory, current_version, short, started)
         try:
             candidate = build_engine(
                 directory, self.limits, run_tests=self.run_tests and role == "active"
@@ -184,12 +214,20 @@ class PolicyRuntime:
                 f"internal error: {exc}",
             )
         else:
+            # A walk of the directory that met EMFILE may have skipped files silently.
+            short = descriptors_short()
+            if short:
+                return self._defer(role, directory, current_version, short, started)
             if role == "active":
                 self.engine = candidate
             else:
                 self.shadow = candidate
             ok, version, candidate_version = True, candidate.version, candidate.version
             detail = "" if candidate.version != current_version else "unchanged"
+        if not ok:
+            short = descriptors_short()
+            if short:  # the failure may be the missing descriptors, not the policies
+                return self._defer(role, directory, current_version, short, started)
         event = ReloadEvent(
             datetime.now(UTC),
             str(directory),
@@ -202,6 +240,29 @@ class PolicyRuntime:
         )
         self._emit(event)
         return event
+
+    def _defer(
+        self, role: str, directory: Path, version: str, why: str, started: float
+    ) -> ReloadEvent:
+        """A reload put off (not emitted: no rejected-reload record); the watcher retries."""
+        self.deferred += 1
+        log.warning(
+            "policy reload (%s) deferred: %s; still serving version %s, trying again when"
+            " descriptors are free",
+            role,
+            why,
+            version or "none",
+        )
+        return ReloadEvent(
+            datetime.now(UTC),
+            str(directory),
+            False,
+            role,
+            version,
+            "",
+            f"deferred: {why}",
+            (time.perf_counter() - started) * 1000,
+        )
 
     def set_shadow(self, directory: Path | str | None) -> ReloadEvent | None:
         """Starts (or with None, stops) shadow evaluation of another policy directory."""
@@ -231,7 +292,10 @@ class PolicyRuntime:
                 # Let an editor or a deploy tool finish writing before we read.
                 self._stop.wait(settle)
                 seen = [_fingerprint(d) for d in directories()]
+                deferred = self.deferred
                 self.reload()
+                if self.deferred != deferred:
+                    seen = []  # try again at the next interval
 
         self._watcher = threading.Thread(target=loop, name="pdp-policy-watch", daemon=True)
         self._watcher.start()

@@ -186,3 +186,52 @@ def test_build_engine_reports_the_first_problems(make_policy_dir: PolicyDirFacto
             limits=PolicyRuntime.__init__.__kwdefaults__["limits"],
             run_tests=False,
         )
+
+
+_OUT_OF_DESCRIPTORS = """
+import json, os, resource, sys
+from pdp.engine.runtime import PolicyRuntime
+runtime = PolicyRuntime(sys.argv[1])
+before = runtime.version
+held = []
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+starved = runtime.reload()
+for fd in held:
+    os.close(fd)
+fed = runtime.reload()
+print(json.dumps({
+    "starved": [starved.ok, starved.detail], "rejected": runtime.last_rejected is not None,
+    "deferred": runtime.deferred, "fed": [fed.ok, fed.version == before],
+}))
+"""
+
+
+def test_a_reload_without_file_descriptors_is_deferred_not_rejected(
+    make_policy_dir: PolicyDirFactory,
+) -> None:
+    # In a child process: it exhausts its own descriptors (EMFILE, as during a flood).
+    import json
+    import subprocess
+    import sys
+
+    directory = make_policy_dir()
+    result = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_DESCRIPTORS, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["starved"][0] is False
+    assert outcome["starved"][1].startswith("deferred: the process is out of file descriptors")
+    assert outcome["rejected"] is False  # no rejected-reload event, no record
+    assert outcome["deferred"] == 1
+    assert outcome["fed"] == [True, True]  # with descriptors back, the reload goes through
