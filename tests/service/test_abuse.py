@@ -40,6 +40,7 @@ from .abuse import (
 )
 from .conftest import (
     GATEWAY_ID,
+    STRANGER_ID,
     TD,
     ClientFactory,
     Pki,
@@ -277,3 +278,22 @@ def _eventually(condition: Any, timeout: float = 20.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_refusals_past_the_record_budget_are_counted_not_recorded(
+    make_server: ServerFactory, connect: ClientFactory, pki: Pki, sink: RecordingSink
+) -> None:
+    limits = ServiceLimits(refusal_record_bytes_per_s=1, refusal_record_burst_bytes=2_000)
+    server = make_server(sink=sink, limits=limits)
+    stranger = connect(server, pki.stranger)  # authenticated, not on the callers list
+    for _ in range(10):
+        with pytest.raises(grpc.RpcError) as info:
+            stranger.check(example_request())
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # Every refusal reaches the sink (metrics count them all); past the budget the
+    # event says not to write a record, and the audit sink writes none.
+    assert len(sink.refusals) == 10
+    flags = [event.record for event in sink.refusals]
+    assert flags[0] is True and flags[-1] is False
+    assert flags == sorted(flags, reverse=True)
+    assert server.refusals.of(STRANGER_ID) == 10
