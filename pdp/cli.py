@@ -323,6 +323,34 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return run_export(args.sources, args.format, sys.stdout.buffer, follow=args.follow)
 
 
+def cmd_tools(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pdp.engine.tools import allowed_tools
+    from pdp.model import RequestError, parse_request
+
+    engine = _load_engine(args.policies)
+    data = read_json_input(args.request)
+    if not isinstance(data, dict):
+        _fail(f"{args.request}: the request must be a JSON object")
+    named = [name for name in ("tool", "arguments") if name in data]
+    if named:
+        _fail(
+            f"{args.request}: {' and '.join(named)} not expected: pdp tools answers for"
+            " every tool of the server"
+        )
+    try:
+        # The one request parser; the tool is each of the server's in turn.
+        template = parse_request(
+            {**data, "tool": "tools"}, now=datetime.now(UTC), limits=engine.limits
+        )
+    except RequestError as exc:
+        _fail(f"{args.request}: {exc} (rule: {exc.rule})")
+    listing = allowed_tools(engine, dataclasses.replace(template, tool=""))
+    print_json(listing.to_json())
+    return EXIT_OK
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     from pdp.client import Client, ClientError, identity_from_options
 
@@ -511,6 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--issuer", metavar="ISS", help="with --key: the issuer's name (iss)")
     q.add_argument("--alg", help="with --key: the algorithm (default by key type)")
     q.set_defaults(handler=cmd_intent_sign)
+
+    p = sub.add_parser(
+        "tools",
+        help="which tools of a server may an agent call: allow, deny, depends_on_arguments",
+    )
+    _policies_option(p)
+    p.add_argument(
+        "request", metavar="REQUEST.json", help="agent, server, intent, session (and time)"
+    )
+    p.set_defaults(handler=cmd_tools)
 
     p = sub.add_parser("call", help="ask a running `pdp serve` for one decision over mTLS")
     p.add_argument("request", metavar="REQUEST.json")

@@ -197,6 +197,57 @@ class Decision:
         }
 
 
+class ToolAnswer(StrEnum):
+    """Whether an agent may call one tool (see pdp.engine.tools)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    DEPENDS_ON_ARGUMENTS = "depends_on_arguments"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolVerdict:
+    """One tool's answer. ``reasons``: the determining policies for allow and deny;
+    for depends_on_arguments, the policies in scope whose conditions read arguments."""
+
+    tool: str
+    answer: ToolAnswer
+    reasons: tuple[Reason, ...]
+    errors: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {
+            "tool": self.tool,
+            "answer": self.answer.value,
+            "reasons": [reason.to_json() for reason in self.reasons],
+        }
+        if self.errors:
+            out["errors"] = list(self.errors)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ToolListing:
+    """The answer for every tool of ``server`` in the inventory, by tool name."""
+
+    agent: str
+    server: str
+    verdicts: tuple[ToolVerdict, ...]
+    policy_version: str
+
+    def callable_tools(self) -> tuple[str, ...]:
+        """Tools that some arguments may be allowed for (allow or depends_on_arguments)."""
+        return tuple(v.tool for v in self.verdicts if v.answer is not ToolAnswer.DENY)
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "agent": self.agent,
+            "server": self.server,
+            "tools": [verdict.to_json() for verdict in self.verdicts],
+            "policy_version": self.policy_version,
+        }
+
+
 # Built-in reason codes that do not come from a policy file.
 REASON_INVALID_REQUEST = "invalid_request"
 REASON_INVALID_ARGUMENTS = "invalid_arguments"  # arguments outside the tool's input schema

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,8 @@ from pdp.model import REASON_AUDIT_UNAVAILABLE, Caller, Decision, Request, deny,
 RECORD_VERSION = "pdp.audit/v1"
 
 KIND_DECISION = "decision"
+# The method of DecisionService/AllowedTools: its decision record lists every tool's answer.
+METHOD_ALLOWED_TOOLS = "/pdp.v1.DecisionService/AllowedTools"
 KIND_REFUSAL = "refusal"
 KIND_POLICY_RELOAD = "policy_reload"
 # Lines that are records (not segment or checkpoint chain lines): listeners get them.
@@ -141,6 +143,7 @@ def build_decision_record(
     method: str = "",
     caller_time: str | None = None,
     rejected: Any = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The record of one decided request. ``time`` defaults to now (UTC).
 
@@ -178,6 +181,9 @@ def build_decision_record(
         record["method"] = method
     if caller_time is not None:
         record["caller_time"] = caller_time
+    if tools is not None:
+        # AllowedTools: each tool's answer; reasons can quote policy text, not arguments.
+        record["tools"] = [dict(tool) for tool in tools]
     masked.extend(decision_masked)
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")

@@ -126,6 +126,7 @@ class AuditDecisionSink:
             method=event.method,
             caller_time=event.caller_time,
             rejected=getattr(event, "rejected", None),
+            tools=getattr(event, "tools", None),
         )
 
     def record_refusal(self, event: RefusalEventLike) -> None:

@@ -28,8 +28,8 @@ from pdp.client.errors import (
     InvalidRequestError,
 )
 from pdp.client.identity import ClientIdentity, identity_from_options
-from pdp.client.values import CheckResult, ToolCall
-from pdp.model import Intent, Reason
+from pdp.client.values import AllowedToolsResult, CheckResult, ToolCall
+from pdp.model import Intent, Reason, ToolAnswer, ToolVerdict
 
 __all__ = [
     "FAILURE_BAD_ANSWER",
@@ -39,6 +39,7 @@ __all__ = [
     "FAILURE_TIMEOUT",
     "FAILURE_UNREACHABLE",
     "FAILURE_WRONG_SERVER",
+    "AllowedToolsResult",
     "AsyncClient",
     "CheckResult",
     "Client",
@@ -50,6 +51,8 @@ __all__ = [
     "InvalidRequestError",
     "OnFailure",
     "Reason",
+    "ToolAnswer",
     "ToolCall",
+    "ToolVerdict",
     "identity_from_options",
 ]

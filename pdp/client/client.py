@@ -33,7 +33,16 @@ from pdp.client.errors import (
 )
 from pdp.client.identity import ClientIdentity
 from pdp.client.transport import VerifiedRelay
-from pdp.client.values import CheckResult, ToolCall, check_request, check_result
+from pdp.client.values import (
+    AllowedToolsResult,
+    CheckResult,
+    IntentLike,
+    ToolCall,
+    allowed_tools_request,
+    allowed_tools_result,
+    check_request,
+    check_result,
+)
 
 OnFailure = Literal["deny", "raise"]
 Request = ToolCall | Mapping[str, Any]
@@ -45,6 +54,7 @@ _FIRST_BACKOFF = 0.1  # then doubled per retry, and never past the deadline
 _SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 CHECK_METHOD = f"/{_SERVICE}/Check"
 CHECK_BATCH_METHOD = f"/{_SERVICE}/CheckBatch"
+ALLOWED_TOOLS_METHOD = f"/{_SERVICE}/AllowedTools"
 
 _REFUSED = frozenset(
     {
@@ -124,13 +134,59 @@ class _Connection:
             return -1
         return pause
 
-    def unavailable(self, failure: DecisionUnavailable, count: int) -> list[CheckResult]:
+    def denied(self, failure: DecisionUnavailable, count: int) -> list[CheckResult]:
+        """The client's answer to ``count`` requests without pdp's: denies, or raise."""
         if self.on_failure == "raise":
             raise failure
         return [CheckResult.failed(failure.code, failure.detail)] * count
 
+    def no_tools(self, failure: DecisionUnavailable) -> AllowedToolsResult:
+        if self.on_failure == "raise":
+            raise failure
+        return AllowedToolsResult.failed(failure.code, failure.detail)
+
+    def checked(self, response: Any) -> CheckResult:
+        if isinstance(response, DecisionUnavailable):
+            return self.denied(response, 1)[0]
+        return check_result(response)
+
+    def checked_batch(self, response: Any, count: int) -> list[CheckResult]:
+        if isinstance(response, DecisionUnavailable):
+            return self.denied(response, count)
+        try:
+            return _batch_results(response, count)
+        except DecisionUnavailable as failure:
+            return self.denied(failure, count)
+
+    def listed(self, response: Any) -> AllowedToolsResult:
+        if isinstance(response, DecisionUnavailable):
+            return self.no_tools(response)
+        return allowed_tools_result(response)
+
     def close(self) -> None:
         self.relay.close()
+
+
+class _Methods:
+    """The DecisionService methods on one channel (blocking or grpc.aio)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.check = channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+        self.check_batch = channel.unary_unary(
+            CHECK_BATCH_METHOD,
+            request_serializer=pb.CheckBatchRequest.SerializeToString,
+            response_deserializer=pb.CheckBatchResponse.FromString,
+        )
+        self.allowed_tools = channel.unary_unary(
+            ALLOWED_TOOLS_METHOD,
+            request_serializer=pb.AllowedToolsRequest.SerializeToString,
+            response_deserializer=pb.AllowedToolsResponse.FromString,
+        )
 
 
 def _batch(requests: Sequence[Request]) -> pb.CheckBatchRequest:
@@ -176,16 +232,7 @@ class Client:
         self._channel = grpc.insecure_channel(  # plain HTTP/2 to our own verified relay
             self._connection.relay.grpc_target, options=self._connection.channel_options
         )
-        self._check = self._channel.unary_unary(
-            CHECK_METHOD,
-            request_serializer=pb.CheckRequest.SerializeToString,
-            response_deserializer=pb.CheckResponse.FromString,
-        )
-        self._check_batch = self._channel.unary_unary(
-            CHECK_BATCH_METHOD,
-            request_serializer=pb.CheckBatchRequest.SerializeToString,
-            response_deserializer=pb.CheckBatchResponse.FromString,
-        )
+        self._methods = _Methods(self._channel)
 
     @property
     def server_id(self) -> str:
@@ -218,11 +265,7 @@ class Client:
         """One decision. Raises :class:`InvalidRequestError` for a request that cannot
         be encoded; otherwise returns pdp's answer or the client's deny."""
         message = check_request(request)
-        response = self._call(self._check, message, timeout, 1)
-        if isinstance(response, list):
-            first: CheckResult = response[0]
-            return first
-        return check_result(response)
+        return self._connection.checked(self._call(self._methods.check, message, timeout))
 
     def check_batch(
         self, requests: Sequence[Request], *, timeout: float | None = None
@@ -230,16 +273,28 @@ class Client:
         """Many decisions in one call, answers in request order."""
         if not requests:
             return []
-        message = _batch(requests)
-        response = self._call(self._check_batch, message, timeout, len(requests))
-        if isinstance(response, list):
-            return response
-        try:
-            return _batch_results(response, len(requests))
-        except DecisionUnavailable as failure:
-            return self._connection.unavailable(failure, len(requests))
+        response = self._call(self._methods.check_batch, _batch(requests), timeout)
+        return self._connection.checked_batch(response, len(requests))
 
-    def _call(self, method: Any, message: Any, timeout: float | None, count: int) -> Any:
+    def allowed_tools(
+        self,
+        agent: str,
+        server: str,
+        *,
+        intent: IntentLike | None = None,
+        session: str = "",
+        agent_svid: str = "",
+        timeout: float | None = None,
+    ) -> AllowedToolsResult:
+        """Which tools of ``server`` ``agent`` may call under ``intent`` (an
+        :class:`Intent` or its JSON object): one verdict per tool of the server in
+        pdp's inventory. ``agent_svid``: the agent's JWT-SVID where pdp requires proof
+        of the agent. No answer: no tools, with the ``FAILURE_*`` code."""
+        message = allowed_tools_request(agent, server, intent, session, agent_svid)
+        return self._connection.listed(self._call(self._methods.allowed_tools, message, timeout))
+
+    def _call(self, method: Any, message: Any, timeout: float | None) -> Any:
+        """The response, or the :class:`DecisionUnavailable` that ended the attempts."""
         connection = self._connection
         deadline = time.monotonic() + (timeout or connection.timeout)
         attempt = 0
@@ -250,7 +305,7 @@ class Client:
                 failure = connection.failure(error)
             pause = connection.retry_after(failure, attempt, deadline)
             if pause < 0:
-                return connection.unavailable(failure, count)
+                return failure
             time.sleep(pause)
             attempt += 1
 
@@ -292,47 +347,60 @@ class AsyncClient:
             on_failure=on_failure,
             server_name=server_name,
         )
-        self._channel = grpc.aio.insecure_channel(
-            self._connection.relay.grpc_target, options=self._connection.channel_options
-        )
-        self._check = self._channel.unary_unary(
-            CHECK_METHOD,
-            request_serializer=pb.CheckRequest.SerializeToString,
-            response_deserializer=pb.CheckResponse.FromString,
-        )
-        self._check_batch = self._channel.unary_unary(
-            CHECK_BATCH_METHOD,
-            request_serializer=pb.CheckBatchRequest.SerializeToString,
-            response_deserializer=pb.CheckBatchResponse.FromString,
-        )
+        # grpc.aio channels belong to the event loop they are made on: made at the first
+        # call, so that a client built before the loop runs (e.g. at import) works.
+        self._methods: _Methods | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _stub(self) -> _Methods:
+        loop = asyncio.get_running_loop()
+        if self._methods is None or self._loop is not loop:
+            channel = grpc.aio.insecure_channel(
+                self._connection.relay.grpc_target, options=self._connection.channel_options
+            )
+            self._methods, self._loop = _Methods(channel), loop
+        return self._methods
 
     @property
     def server_id(self) -> str:
         return self._connection.identity.server_id
 
     async def check(self, request: Request, *, timeout: float | None = None) -> CheckResult:
+        """One decision. Raises :class:`InvalidRequestError` for a request that cannot
+        be encoded; otherwise returns pdp's answer or the client's deny."""
         message = check_request(request)
-        response = await self._call(self._check, message, timeout, 1)
-        if isinstance(response, list):
-            first: CheckResult = response[0]
-            return first
-        return check_result(response)
+        return self._connection.checked(await self._call(self._stub().check, message, timeout))
 
     async def check_batch(
         self, requests: Sequence[Request], *, timeout: float | None = None
     ) -> list[CheckResult]:
+        """Many decisions in one call, answers in request order."""
         if not requests:
             return []
-        message = _batch(requests)
-        response = await self._call(self._check_batch, message, timeout, len(requests))
-        if isinstance(response, list):
-            return response
-        try:
-            return _batch_results(response, len(requests))
-        except DecisionUnavailable as failure:
-            return self._connection.unavailable(failure, len(requests))
+        response = await self._call(self._stub().check_batch, _batch(requests), timeout)
+        return self._connection.checked_batch(response, len(requests))
 
-    async def _call(self, method: Any, message: Any, timeout: float | None, count: int) -> Any:
+    async def allowed_tools(
+        self,
+        agent: str,
+        server: str,
+        *,
+        intent: IntentLike | None = None,
+        session: str = "",
+        agent_svid: str = "",
+        timeout: float | None = None,
+    ) -> AllowedToolsResult:
+        """Which tools of ``server`` ``agent`` may call under ``intent`` (an
+        :class:`Intent` or its JSON object): one verdict per tool of the server in
+        pdp's inventory. ``agent_svid``: the agent's JWT-SVID where pdp requires proof
+        of the agent. No answer: no tools, with the ``FAILURE_*`` code."""
+        message = allowed_tools_request(agent, server, intent, session, agent_svid)
+        return self._connection.listed(
+            await self._call(self._stub().allowed_tools, message, timeout)
+        )
+
+    async def _call(self, method: Any, message: Any, timeout: float | None) -> Any:
+        """The response, or the :class:`DecisionUnavailable` that ended the attempts."""
         connection = self._connection
         deadline = time.monotonic() + (timeout or connection.timeout)
         attempt = 0
@@ -343,12 +411,13 @@ class AsyncClient:
                 failure = connection.failure(error)
             pause = connection.retry_after(failure, attempt, deadline)
             if pause < 0:
-                return connection.unavailable(failure, count)
+                return failure
             await asyncio.sleep(pause)
             attempt += 1
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        if self._methods is not None and self._loop is asyncio.get_running_loop():
+            await self._methods.channel.close(None)
         self._connection.close()
 
     async def __aenter__(self) -> Self:

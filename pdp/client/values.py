@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.client.errors import InvalidRequestError
-from pdp.model import Intent, JsonValue, Reason
+from pdp.model import Intent, JsonValue, Reason, ToolAnswer, ToolVerdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,8 @@ class ToolCall:
     arguments: Mapping[str, JsonValue] = field(default_factory=dict)
     intent: Intent | None = None
     session: str = ""
+    intent_token: str = ""  # a signed intent (compact JWS) instead of ``intent``
+    agent_svid: str = ""  # the agent's JWT-SVID for pdp, as proof that it takes part
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ def check_request(request: ToolCall | Mapping[str, Any]) -> pb.CheckRequest:
         message.intent.tools.extend(request.intent.tools)
         if request.intent.expires_at is not None:
             message.intent.expires_at.FromDatetime(request.intent.expires_at)
+    if request.intent_token:
+        message.intent.token = request.intent_token
+    message.agent_svid = request.agent_svid
     return message
 
 
@@ -95,4 +100,83 @@ def check_result(response: pb.CheckResponse) -> CheckResult:
         decision_id=response.decision_id,
         policy_version=response.policy_version,
         errors=tuple(response.errors),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedToolsResult:
+    """pdp's answer per tool of a server (``verdicts``), or none and why (``reasons``:
+    a refusal such as ``caller_not_bound``, or the client's ``FAILURE_*`` code, then
+    also in ``failure``). Fail closed: no verdict means no tool may be called."""
+
+    verdicts: tuple[ToolVerdict, ...]
+    policy_version: str = ""
+    decision_id: str = ""
+    reasons: tuple[Reason, ...] = ()
+    failure: str | None = None
+
+    @classmethod
+    def failed(cls, code: str, detail: str) -> AllowedToolsResult:
+        return cls((), reasons=(Reason(code, detail),), failure=code)
+
+    def callable_tools(self) -> tuple[str, ...]:
+        """Tools some arguments may be allowed for (``allow`` or ``depends_on_arguments``;
+        the call itself must still be checked)."""
+        return tuple(v.tool for v in self.verdicts if v.answer is not ToolAnswer.DENY)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tools": [verdict.to_json() for verdict in self.verdicts],
+            "policy_version": self.policy_version,
+            "decision_id": self.decision_id,
+        }
+        if self.reasons:
+            out["reasons"] = [reason.to_json() for reason in self.reasons]
+        return out
+
+
+_ANSWERS = {
+    pb.TOOL_ANSWER_ALLOW: ToolAnswer.ALLOW,
+    pb.TOOL_ANSWER_DEPENDS_ON_ARGUMENTS: ToolAnswer.DEPENDS_ON_ARGUMENTS,
+}
+
+
+IntentLike = Intent | Mapping[str, Any]  # an Intent, or its JSON {purpose, tools, expires_at}
+
+
+def allowed_tools_request(
+    agent: str, server: str, intent: IntentLike | None, session: str, agent_svid: str = ""
+) -> pb.AllowedToolsRequest:
+    message = pb.AllowedToolsRequest(
+        agent=agent, server=server, session=session, agent_svid=agent_svid
+    )
+    if isinstance(intent, Mapping):
+        try:
+            json_format.ParseDict(dict(intent), message.intent)
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"the intent is not a pdp.v1.Intent: {exc}") from None
+    elif intent is not None:
+        message.intent.purpose = intent.purpose
+        message.intent.tools.extend(intent.tools)
+        if intent.expires_at is not None:
+            message.intent.expires_at.FromDatetime(intent.expires_at)
+    return message
+
+
+def allowed_tools_result(response: pb.AllowedToolsResponse) -> AllowedToolsResult:
+    """Only the values meaning allow and depends_on_arguments count as such: anything
+    else from a newer or broken server is a deny."""
+    return AllowedToolsResult(
+        verdicts=tuple(
+            ToolVerdict(
+                verdict.tool,
+                _ANSWERS.get(verdict.answer, ToolAnswer.DENY),
+                tuple(Reason(r.policy, r.message) for r in verdict.reasons),
+                tuple(verdict.errors),
+            )
+            for verdict in response.tools
+        ),
+        policy_version=response.policy_version,
+        decision_id=response.decision_id,
+        reasons=tuple(Reason(r.policy, r.message) for r in response.reasons),
     )

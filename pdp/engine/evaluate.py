@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import cedarpy
 from cedarpy import _internal
@@ -49,6 +49,8 @@ _POLICY_ERROR_RE = re.compile(
     r"\Aerror while evaluating policy `(?P<id>[^`]*)`: (?P<msg>.*)\Z", re.S
 )
 _DEFAULT_DENY = Reason(REASON_DEFAULT_DENY, "no policy permits this call")
+_DERIVED_LIMIT = 4096  # distinct subsets whose derived values are kept
+_T = TypeVar("_T")
 
 
 def cedar_context(request: Request) -> dict[str, JsonValue]:
@@ -187,6 +189,9 @@ class Engine:
         self._common_set = _common_set(compiled.units[:common]) if common else None
         self._common = common if self._common_set is not None else 0
         self._lock = threading.Lock()
+        # Values computed once per subset by other views of the same rules (e.g. the
+        # argument-free part of a subset for tool listings), by id and checked for identity.
+        self._derived: dict[tuple[int, Any], tuple[PolicySubset, Any]] = {}
         self.subset: Callable[[str, str, str], PolicySubset]
         if indexed:
             self.subset = functools.lru_cache(maxsize=cache_size)(self._select)
@@ -278,6 +283,26 @@ class Engine:
             ):
                 answers[position] = decision
         return [a for a in answers if a is not None]
+
+    def evaluate_subset(self, subset: PolicySubset, request: Request) -> Decision:
+        """Decides ``request`` with exactly the policies of ``subset`` (e.g. a part of
+        the subset :meth:`subset` selects), interpreted like every decision."""
+        return self._evaluate(subset, [request])[0]
+
+    def derived(self, subset: PolicySubset, compute: Callable[[PolicySubset], _T]) -> _T:
+        """``compute(subset)``, computed once while ``subset`` is in use and cached."""
+        key = (id(subset), compute)
+        with self._lock:
+            hit = self._derived.get(key)
+        if hit is not None and hit[0] is subset:
+            value: _T = hit[1]
+            return value
+        value = compute(subset)
+        with self._lock:
+            if len(self._derived) >= _DERIVED_LIMIT:
+                self._derived.clear()
+            self._derived[key] = (subset, value)
+        return value
 
     def _evaluate(self, subset: PolicySubset, requests: list[Request]) -> list[Decision]:
         try:

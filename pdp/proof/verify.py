@@ -135,13 +135,24 @@ class Prover:
         return self.config.audience or self._audience()
 
     def prove(
-        self, request: Request, now: datetime, groups_of: GroupsOf = _no_groups
+        self,
+        request: Request,
+        now: datetime,
+        groups_of: GroupsOf = _no_groups,
+        *,
+        claim_intent: bool = True,
     ) -> tuple[Request, Denial | None]:
-        """The request with its proof, and the first denial (None: nothing failed)."""
+        """The request with its proof, and the first denial (None: nothing failed).
+
+        ``claim_intent=False`` verifies a signed intent without using up its ``jti``:
+        for questions that authorize nothing (AllowedTools), so that listing the tools
+        under an intent does not spend the one decision it is good for."""
         proof = request.proof
         denial: Denial | None = None
         if request.intent_token:
-            intent, digest, issuer, denial = self._intent(request, now.timestamp())
+            intent, digest, issuer, denial = self._intent(
+                request, now.timestamp(), claim=claim_intent
+            )
             proof = dataclasses.replace(proof, intent_issuer=issuer, intent_token=digest)
             request = dataclasses.replace(request, intent=intent, proof=proof)
         if request.agent_svid:
@@ -176,7 +187,7 @@ class Prover:
     # -- signed intents -----------------------------------------------------------
 
     def _intent(
-        self, request: Request, now: float
+        self, request: Request, now: float, *, claim: bool = True
     ) -> tuple[Intent | None, TokenDigest, str, Denial | None]:
         digest = TokenDigest(sha256="")
         try:
@@ -192,6 +203,8 @@ class Prover:
                 "",
                 Denial(INTENT_PREFIX + exc.code, "signed intent: " + exc.message),
             )
+        if not claim:
+            return intent, digest, issuer, None
         claimed = self.jtis.claim(issuer, jti, expires + self.config.leeway_s, now)
         if claimed is None:
             return (

@@ -25,6 +25,7 @@ from pdp.audit.record import (
     KIND_DECISION,
     KIND_POLICY_RELOAD,
     KIND_REFUSAL,
+    METHOD_ALLOWED_TOOLS,
     RECORD_VERSION,
 )
 from pdp.model import (
@@ -188,6 +189,8 @@ def read_record(at: str, raw: bytes | str) -> ReadLine:
         return Skipped(at, LineKind.EVENT)
     if kind != KIND_DECISION:
         return Unreadable(at, f"unknown record kind {kind!r:.40}")
+    if data.get("method") == METHOD_ALLOWED_TOOLS:
+        return Skipped(at, LineKind.EVENT)  # a tool listing, not a call to re-decide
     try:
         record = _recorded(at, data)
     except _BadRecord as exc:

@@ -17,13 +17,23 @@ A 3 MB ``arguments`` of 150,000 keys is refused after reading about 64 KiB of it
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.identity.spiffe_id import MAX_SPIFFE_ID_BYTES
-from pdp.model import MAX_TOKEN_FIELD_BYTES, Decision, JsonValue, Limits, RequestError
+from pdp.model import (
+    MAX_TOKEN_FIELD_BYTES,
+    Decision,
+    JsonValue,
+    Limits,
+    Reason,
+    RequestError,
+    ToolAnswer,
+    ToolListing,
+)
 
 # A Struct's wire size is at most this many times the compact JSON size of the same
 # value (the worst case is a list of small numbers: 11 bytes on the wire for "0,"),
@@ -246,4 +256,49 @@ def check_response(decision: Decision, decision_id: str) -> pb.CheckResponse:
         decision_id=decision_id,
         policy_version=decision.policy_version,
         errors=list(decision.errors),
+    )
+
+
+def listing_data(message: pb.AllowedToolsRequest, limits: Limits) -> dict[str, JsonValue]:
+    """The request JSON of an AllowedTools call (agent, server, intent, session), in
+    the shape of ``pdp tools``' input; the same decoding as :func:`request_data`."""
+    check = pb.CheckRequest(
+        agent=message.agent,
+        server=message.server,
+        session=message.session,
+        agent_svid=message.agent_svid,
+    )
+    if message.HasField("intent"):
+        check.intent.CopyFrom(message.intent)
+    return request_data(check, limits)
+
+
+_TOOL_ANSWERS = {
+    ToolAnswer.ALLOW: pb.TOOL_ANSWER_ALLOW,
+    ToolAnswer.DENY: pb.TOOL_ANSWER_DENY,
+    ToolAnswer.DEPENDS_ON_ARGUMENTS: pb.TOOL_ANSWER_DEPENDS_ON_ARGUMENTS,
+}
+
+
+def allowed_tools_response(
+    listing: ToolListing | None,
+    decision_id: str,
+    policy_version: str,
+    refused: Sequence[Reason] = (),
+) -> pb.AllowedToolsResponse:
+    """The answer: every tool's verdict, or no tool and why (``refused``)."""
+    verdicts = listing.verdicts if listing is not None and not refused else ()
+    return pb.AllowedToolsResponse(
+        tools=[
+            pb.ToolVerdict(
+                tool=verdict.tool,
+                answer=_TOOL_ANSWERS[verdict.answer],
+                reasons=[pb.Reason(policy=r.policy, message=r.message) for r in verdict.reasons],
+                errors=list(verdict.errors),
+            )
+            for verdict in verdicts
+        ],
+        policy_version=policy_version,
+        decision_id=decision_id,
+        reasons=[pb.Reason(policy=r.policy, message=r.message) for r in refused],
     )

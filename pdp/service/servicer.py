@@ -29,9 +29,11 @@ lone call is decided at once; under load, calls share Cedar and audit work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -42,22 +44,33 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.audit.record import METHOD_ALLOWED_TOOLS
 from pdp.engine import Engine
+from pdp.engine.tools import allowed_tools
 from pdp.model import (
     REASON_AUDIT_UNAVAILABLE,
     REASON_CALLER_NOT_BOUND,
     REASON_INTERNAL_ERROR,
     Decision,
+    Effect,
     JsonValue,
     Limits,
+    Reason,
     Request,
     RequestError,
+    ToolListing,
     deny,
     parse_request,
 )
 from pdp.proof import Prover
 from pdp.service.admission import RecordBudget
-from pdp.service.convert import OversizeRequest, check_response, request_data
+from pdp.service.convert import (
+    OversizeRequest,
+    allowed_tools_response,
+    check_response,
+    listing_data,
+    request_data,
+)
 from pdp.service.gate import CallerGrant, RateLimiter
 from pdp.service.interceptor import Admission, Refuser, require_admission
 from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode, RejectedBody
@@ -68,6 +81,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 CHECK_METHOD = f"/{SERVICE_NAME}/Check"
 CHECK_BATCH_METHOD = f"/{SERVICE_NAME}/CheckBatch"
+ALLOWED_TOOLS_METHOD = METHOD_ALLOWED_TOOLS
+assert f"/{SERVICE_NAME}/AllowedTools" == ALLOWED_TOOLS_METHOD
 
 # What an invalid request's record may keep beyond fixed-size facts: what was decoded,
 # each field within its limit, at most this much is charged to the caller's budget.
@@ -78,6 +93,7 @@ _ALWAYS_KEPT = frozenset({"agent", "server", "tool", "gateway"})
 # Time kept back from the call's deadline for sending the answer after recording.
 _ANSWER_MARGIN_S = 0.005
 _NO_DEADLINE_S = 10.0**9
+REASON_ALLOWED_TOOLS = "allowed_tools"  # the summary reason of an AllowedTools record
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -295,6 +311,86 @@ class DecisionCore:
         )
         return facts, data
 
+    def list_tools(
+        self, data: bytes, grant: CallerGrant, started_ns: int, timeout: float | None
+    ) -> pb.AllowedToolsResponse:
+        """AllowedTools for an admitted caller: every tool's verdict, audited as one
+        decision record (its ``tools`` field); never raises, never allows on failure."""
+        engine = self.engines.engine
+        decision_id = self._new_id()
+        try:
+            return self._list_tools(engine, decision_id, data, grant, started_ns, timeout)
+        except Exception:
+            log.exception("internal error answering AllowedTools")
+            refused = _internal_error(engine.version).reasons
+            return allowed_tools_response(None, decision_id, engine.version, refused)
+
+    def _list_tools(
+        self,
+        engine: Engine,
+        decision_id: str,
+        data: bytes,
+        grant: CallerGrant,
+        started_ns: int,
+        timeout: float | None,
+    ) -> pb.AllowedToolsResponse:
+        limits = engine.limits
+        request_json: dict[str, JsonValue] = {}
+        template: Request | None = None
+        listing: ToolListing | None = None
+        try:
+            message = pb.AllowedToolsRequest()
+            try:
+                message.ParseFromString(data)
+            except (DecodeError, RecursionError) as exc:
+                raise RequestError(
+                    "request", "malformed", f"not a valid pdp.v1.AllowedToolsRequest ({exc})"
+                ) from None
+            request_json = listing_data(message, limits)
+            request_json["gateway"] = grant.caller.spiffe_id
+            # The one request parser; the tool is each of the server's in turn.
+            now = self._clock()
+            parsed = parse_request({**request_json, "tool": "tools"}, now=now,
+                                   limits=limits)  # fmt: skip
+            template = dataclasses.replace(parsed, tool="")
+        except RequestError as exc:
+            summary = engine.invalid(exc)
+        else:
+            denial = None
+            if grant.may_ask_about(template.agent):
+                # Signed intents and proof of the agent, exactly as for Check.
+                # A listing authorizes nothing: it does not spend a signed intent's jti.
+                template, denial = self.prover.prove(
+                    template, now, engine.groups_of, claim_intent=False
+                )
+            if not grant.may_ask_about(template.agent):
+                summary = deny(
+                    engine.version,
+                    REASON_CALLER_NOT_BOUND,
+                    f"caller {grant.caller.spiffe_id} may not ask about agent {template.agent}",
+                )
+            elif denial is not None:
+                summary = deny(engine.version, denial.code, denial.message)
+            else:
+                listing = allowed_tools(engine, template)
+                summary = _listing_summary(listing)
+        event = DecisionEvent(
+            decision_id=decision_id,
+            method=ALLOWED_TOOLS_METHOD,
+            caller=grant.caller,
+            data=request_json,
+            request=template,
+            decision=summary,
+            latency_us=(time.perf_counter_ns() - started_ns) // 1000,
+            tools=tuple(v.to_json() for v in listing.verdicts) if listing is not None else (),
+        )
+        if not self._record([event], timeout)[0]:
+            refused = _audit_unavailable(engine.version).reasons
+            return allowed_tools_response(None, decision_id, engine.version, refused)
+        if listing is None:
+            return allowed_tools_response(None, decision_id, engine.version, summary.reasons)
+        return allowed_tools_response(listing, decision_id, engine.version)
+
     def _record(self, events: list[DecisionEvent], timeout: float | None) -> list[bool]:
         if timeout is not None:
             timeout = max(0.0, timeout - _ANSWER_MARGIN_S)
@@ -330,6 +426,17 @@ def _decode_check_request(data: bytes, limits: Limits) -> pb.CheckRequest:
     return message
 
 
+def _listing_summary(listing: ToolListing) -> Decision:
+    """The decision a listing is recorded with: allow when some tool may be called."""
+    counts = Counter(verdict.answer.value for verdict in listing.verdicts)
+    detail = ", ".join(f"{count} {answer}" for answer, count in sorted(counts.items()))
+    effect = Effect.ALLOW if listing.callable_tools() else Effect.DENY
+    reason = Reason(
+        REASON_ALLOWED_TOOLS, detail or f"no tools of {listing.server} in the inventory"
+    )
+    return Decision(effect, (reason,), listing.policy_version)
+
+
 def _internal_error(policy_version: str) -> Decision:
     return deny(
         policy_version, REASON_INTERNAL_ERROR, "internal error in the decision service; denied"
@@ -358,6 +465,7 @@ class Coalescer:
     ) -> None:
         self._core = core
         self._executor = executor
+        self.executor = executor  # also used by calls that are not coalesced
         self._max_requests = max_requests
         self._queued: list[tuple[PendingCall, asyncio.Future[list[pb.CheckResponse]]]] = []
         self._queued_requests = 0
@@ -447,6 +555,10 @@ class DecisionServicer:
                     self.check_batch,
                     response_serializer=pb.CheckBatchResponse.SerializeToString,
                 ),
+                "AllowedTools": grpc.unary_unary_rpc_method_handler(
+                    self.allowed_tools,
+                    response_serializer=pb.AllowedToolsResponse.SerializeToString,
+                ),
             },
         )
 
@@ -504,6 +616,20 @@ class DecisionServicer:
             denied = check_response(_internal_error(self.core.engine.version), "")
             responses = [denied] * count
         return pb.CheckBatchResponse(responses=responses)
+
+    async def allowed_tools(self, data: bytes, context: Context) -> pb.AllowedToolsResponse:
+        admission = await self._admitted(context, ALLOWED_TOOLS_METHOD)
+        await self._charge(context, ALLOWED_TOOLS_METHOD, admission, 1)
+        arguments = (data, admission.grant, admission.started_ns, _time_remaining(context))
+        executor = self._coalescer.executor
+        if executor is None:
+            return self.core.list_tools(*arguments)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, self.core.list_tools, *arguments)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            refused = _internal_error(self.core.engine.version).reasons
+            return allowed_tools_response(None, "", self.core.engine.version, refused)
 
     async def _admitted(self, context: Context, method: str) -> Admission:
         admission = await require_admission(context, self._refuser, method)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pdp.model import Caller, Decision, JsonValue, Request
 
@@ -58,6 +58,7 @@ class DecisionEvent:
     # Set when the request broke a rule (the decision is an ``invalid_request`` deny):
     # bounded facts about the body, which the record keeps instead of the body.
     rejected: RejectedBody | None = None
+    tools: tuple[dict[str, Any], ...] | None = None  # AllowedTools: every tool's answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,3 +218,32 @@ def test_a_server_on_the_workload_api_takes_jwt_bundles_from_it(
             client.close()
         finally:
             server.stop(0)
+
+
+def test_allowed_tools_verifies_a_signed_intent_without_spending_it(
+    proof_server: DecisionServer, tmp_path: Path, pki: Any
+) -> None:
+    """Listing the tools under a signed intent checks the token like Check does, but
+    does not use up its one decision; without one, where it is required, no tools."""
+    from pdp.client import Client, ClientIdentity
+
+    for name, data in (("svid.pem", pki.gateway.chain_pem), ("svid.key", pki.gateway.key_pem),
+                       ("bundle.pem", pki.ca.bundle_pem)):  # fmt: skip
+        (tmp_path / name).write_bytes(data)
+    identity = ClientIdentity.files(
+        tmp_path / "svid.pem", tmp_path / "svid.key", tmp_path / "bundle.pem", SERVER_ID
+    )
+    token = intent_token()
+    with Client(proof_server.address, identity) as pdp:
+        unsigned = pdp.allowed_tools(
+            FINANCE, "payments", intent={"purpose": "p", "tools": ["payments/*"]}
+        )
+        assert unsigned.verdicts == () and unsigned.reasons[0].policy == "intent_unsigned"
+        for _ in range(2):
+            listed = pdp.allowed_tools(FINANCE, "payments", intent={"token": token})
+            assert "create_payment" in listed.callable_tools(), listed
+        forged = pdp.allowed_tools(FINANCE, "payments", intent={"token": token[:-4] + "AAAA"})
+        assert forged.verdicts == () and forged.reasons[0].policy.startswith("intent_")
+        answer = pdp.check(payment(token, agent_svid()))
+    identity.close()
+    assert answer.allowed, answer  # the listings did not spend the intent

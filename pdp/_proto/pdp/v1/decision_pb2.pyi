@@ -16,8 +16,17 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DECISION_DENY: _ClassVar[Decision]
     DECISION_ALLOW: _ClassVar[Decision]
+
+class ToolAnswer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_ANSWER_DENY: _ClassVar[ToolAnswer]
+    TOOL_ANSWER_ALLOW: _ClassVar[ToolAnswer]
+    TOOL_ANSWER_DEPENDS_ON_ARGUMENTS: _ClassVar[ToolAnswer]
 DECISION_DENY: Decision
 DECISION_ALLOW: Decision
+TOOL_ANSWER_DENY: ToolAnswer
+TOOL_ANSWER_ALLOW: ToolAnswer
+TOOL_ANSWER_DEPENDS_ON_ARGUMENTS: ToolAnswer
 
 class Intent(_message.Message):
     __slots__ = ("purpose", "tools", "expires_at", "token")
@@ -86,3 +95,41 @@ class CheckBatchResponse(_message.Message):
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[CheckResponse]
     def __init__(self, responses: _Optional[_Iterable[_Union[CheckResponse, _Mapping]]] = ...) -> None: ...
+
+class AllowedToolsRequest(_message.Message):
+    __slots__ = ("agent", "server", "intent", "session", "agent_svid")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SVID_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    server: str
+    intent: Intent
+    session: str
+    agent_svid: str
+    def __init__(self, agent: _Optional[str] = ..., server: _Optional[str] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., session: _Optional[str] = ..., agent_svid: _Optional[str] = ...) -> None: ...
+
+class ToolVerdict(_message.Message):
+    __slots__ = ("tool", "answer", "reasons", "errors")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    answer: ToolAnswer
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool: _Optional[str] = ..., answer: _Optional[_Union[ToolAnswer, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AllowedToolsResponse(_message.Message):
+    __slots__ = ("tools", "policy_version", "decision_id", "reasons")
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[ToolVerdict]
+    policy_version: str
+    decision_id: str
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, tools: _Optional[_Iterable[_Union[ToolVerdict, _Mapping]]] = ..., policy_version: _Optional[str] = ..., decision_id: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class DecisionServiceStub:
                 request_serializer=pdp_dot_v1_dot_decision__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=pdp_dot_v1_dot_decision__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.AllowedTools = channel.unary_unary(
+                '/pdp.v1.DecisionService/AllowedTools',
+                request_serializer=pdp_dot_v1_dot_decision__pb2.AllowedToolsRequest.SerializeToString,
+                response_deserializer=pdp_dot_v1_dot_decision__pb2.AllowedToolsResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -65,6 +70,16 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AllowedTools(self, request, context):
+        """Which tools of one MCP server may this agent call under this intent? One answer per
+        tool of the server in the inventory, decided by the same policies and floor as
+        Check, at the server's clock, and audited as one record. An invalid request or an
+        agent the caller may not ask about is answered with no tools and a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +92,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=pdp_dot_v1_dot_decision__pb2.CheckBatchRequest.FromString,
                     response_serializer=pdp_dot_v1_dot_decision__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'AllowedTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllowedTools,
+                    request_deserializer=pdp_dot_v1_dot_decision__pb2.AllowedToolsRequest.FromString,
+                    response_serializer=pdp_dot_v1_dot_decision__pb2.AllowedToolsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +153,33 @@ class DecisionService:
             '/pdp.v1.DecisionService/CheckBatch',
             pdp_dot_v1_dot_decision__pb2.CheckBatchRequest.SerializeToString,
             pdp_dot_v1_dot_decision__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllowedTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdp.v1.DecisionService/AllowedTools',
+            pdp_dot_v1_dot_decision__pb2.AllowedToolsRequest.SerializeToString,
+            pdp_dot_v1_dot_decision__pb2.AllowedToolsResponse.FromString,
             options,
             channel_credentials,
             insecure,
