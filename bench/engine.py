@@ -18,6 +18,8 @@ loads it, decides and reports:
 - batch:   Engine.decide_batch(100 requests from the same pool), decisions/s
 - cold:    the first pass over the pool, every distinct (agent, server, tool) a
            subset-cache miss (index selection and a Cedar set built), decisions/s
+- args:    single and batch decisions/s with argument validation (each tool's input
+           schema, pdp.engine.arguments) on vs off, alternating rounds; ratio on/off
 - raw:     cedarpy.is_authorized(one request, every policy in one set), for N up to
            --raw-max (Cedar evaluates every policy: ≈ 10 s per 100 calls at 100,000)
 - RSS:     VmRSS after deciding and VmHWM (peak) of the child, MiB, and the peak
@@ -251,7 +253,13 @@ def write_policies(root: Path, count: int) -> list[dict[str, Any]]:
                 "agent": AGENT.format(agent),
                 "server": f"srv{s}",
                 "tool": tool,
-                "arguments": {"id": "T-123" if n % 5 else "X-1"},
+                # Valid for the tool's input schema (_input_schema), so that the check
+                # runs in full: the id, a bound integer and the kind's own string.
+                "arguments": {
+                    "id": "T-123" if n % 5 else "X-1",
+                    "limit": 1 + n % 100,
+                    f"{tool}_{s % SERVER_KINDS}": "free text, with ünïcödé",
+                },
                 "intent": {"purpose": "triage" if n % 3 else "audit", "tools": [f"srv{s}/*"]},
                 "session": "ops-1" if n % 7 == 0 else "s-1",
                 "time": "2026-11-23T10:00:00Z" if n % 11 else "2026-11-28T23:00:00Z",
@@ -337,6 +345,33 @@ def child(directory: Path, pool_file: Path, seconds: float, raw_max: int) -> dic
         ),
         "single": measure(lambda: engine.decide(next(requests)), seconds),
         "batch": measure(lambda: engine.decide_batch(next(batches)), seconds, per_call=BATCH),
+    }
+    # Argument validation (the invalid_arguments rule) on vs off, same policies and
+    # pool, alternating rounds so that a noisy neighbour hits both alike.
+    unchecked = Engine(compiled, check_arguments=False)
+    for request in pool:
+        unchecked.decide(request)  # the same warm subset cache as `engine`
+    assert [unchecked.decide(r) for r in pool] == [engine.decide(r) for r in pool], (
+        "every pooled request is valid: checking must not change a decision"
+    )
+    on: list[float] = []
+    off: list[float] = []
+    on_batch: list[float] = []
+    off_batch: list[float] = []
+    for _ in range(3):
+        on.append(measure(lambda: engine.decide(next(requests)), seconds / 3, rounds=1)["rate"])
+        off.append(measure(lambda: unchecked.decide(next(requests)), seconds / 3, rounds=1)["rate"])
+        on_batch.append(
+            measure(lambda: engine.decide_batch(next(batches)), seconds / 3, BATCH, 1)["rate"]
+        )
+        off_batch.append(
+            measure(lambda: unchecked.decide_batch(next(batches)), seconds / 3, BATCH, 1)["rate"]
+        )
+    result["arguments"] = {
+        "single_on": max(on),
+        "single_off": max(off),
+        "batch_on": max(on_batch),
+        "batch_off": max(off_batch),
     }
     result["memory"] = {"base": base["VmRSS"], **memory()}
 
@@ -543,6 +578,17 @@ def print_table(rows: Sequence[dict[str, Any]], served: Sequence[dict[str, Any]]
         )
         + "; policies Cedar evaluates per request (mean): "
         + ", ".join(f"{r['author_policies']:,}: {r['subset_mean']:.1f}" for r in rows)
+    )
+    print(
+        "argument validation (invalid_arguments) on vs off, decisions/s, same run: "
+        + "; ".join(
+            f"{r['author_policies']:,}: single {r['arguments']['single_on']:,.0f} vs"
+            f" {r['arguments']['single_off']:,.0f}"
+            f" ({r['arguments']['single_on'] / r['arguments']['single_off']:.2f}x),"
+            f" batch {r['arguments']['batch_on']:,.0f} vs {r['arguments']['batch_off']:,.0f}"
+            f" ({r['arguments']['batch_on'] / r['arguments']['batch_off']:.2f}x)"
+            for r in rows
+        )
     )
     for row in served:
         print(

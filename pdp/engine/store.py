@@ -3,7 +3,8 @@
 A policy directory holds::
 
     schema.cedarschema   the Cedar schema: entity types, context, one action per tool
-    entities.json        the inventory (see pdp.engine.inventory)
+    entities.json        the inventory (see pdp.engine.inventory), with each tool's
+                         input schema (pdp.engine.arguments, pdp.engine.input_types)
     **/*.cedar           author policies (permit and forbid), each with @id and @reason
     floor/*.cedar        optional extra floor policies (forbid only)
     **/*.test.yaml|json  policy unit tests, run by `pdp test` (ignored here)
@@ -24,6 +25,7 @@ from types import MappingProxyType
 
 import cedarpy
 
+from pdp.engine.input_types import check_input_types
 from pdp.engine.inventory import INVENTORY_FILE, Inventory, InventoryError, load_inventory
 from pdp.engine.scope import ScopeIndex, Uid
 from pdp.engine.source import (
@@ -34,7 +36,7 @@ from pdp.engine.source import (
     parse_file,
     split_statements,
 )
-from pdp.engine.validation import confirm_valid, scan_heads
+from pdp.engine.validation import SchemaClasses, confirm_valid, scan_heads
 
 SCHEMA_FILE = "schema.cedarschema"
 FLOOR_DIR = "floor"
@@ -278,8 +280,13 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
     texts = [read_quietly(path, display) for path, display, _ in sources]
     split = [split_statements(t) if isinstance(t, str) else [] for t in texts]
     heads = [scan_heads(statements) for statements in split]
+    # The schema's actions by appliesTo, with their small schemas: shared by the policy
+    # validation and the input-type check below.
+    classes = SchemaClasses.of(schema) if schema is not None else None
     unconfirmed = (
-        confirm_valid(schema, list(zip(split, heads, strict=True))) if schema is not None else set()
+        confirm_valid(schema, list(zip(split, heads, strict=True)), classes)
+        if schema is not None
+        else set()
     )
     units: dict[str, PolicyUnit] = {}
     for position, (_path, display, is_floor) in enumerate(sources):
@@ -332,9 +339,20 @@ def load_policies(directory: Path | str) -> CompiledPolicies:
             diagnostics.append(Diagnostic(INVENTORY_FILE, 0, f"does not match the schema: {exc}"))
         else:
             parents = _parents(entities)
+            actions = _action_parents(parents)
             diagnostics += _check_tools_against_schema(
-                inventory, _action_parents(parents), INVENTORY_FILE, SCHEMA_FILE
+                inventory, actions, INVENTORY_FILE, SCHEMA_FILE
             )
+            # Cedar must type context.input as the input schemas do (pdp.engine.input_types).
+            inputs = {
+                f"{server}/{tool}": checks.schema
+                for (server, tool), checks in inventory.arguments.items()
+                if f"{server}/{tool}" in actions
+            }
+            diagnostics += [
+                Diagnostic(SCHEMA_FILE, 0, f'action "{action}": {problem}')
+                for action, problem in check_input_types(schema, inputs, classes)
+            ]
 
     if diagnostics:
         raise PolicyLoadError(diagnostics)

@@ -161,6 +161,10 @@ class SchemaClasses:
         self._memo[constraint] = result or None
         return result or None
 
+    def class_of(self, action: str) -> int | None:
+        """The class of an action with ``appliesTo``; None for a group or an unknown one."""
+        return self._class_of.get(action)
+
     def _keeps_ids(self, entity_type: str) -> bool:
         """Whether the validator checks this type's ids (actions, enumerated types)."""
         return entity_type in self._enums or entity_type.endswith("Action")
@@ -233,11 +237,16 @@ def _check(text: str, schema: cedarpy.Schema) -> bool:
 
 
 def confirm_valid(
-    schema: cedarpy.Schema, files: Sequence[tuple[Sequence[Statement], Sequence[Head | None]]]
+    schema: cedarpy.Schema,
+    files: Sequence[tuple[Sequence[Statement], Sequence[Head | None]]],
+    classes: SchemaClasses | None = None,
 ) -> set[int]:
     """Positions in ``files`` that this check could not confirm as valid: the caller
-    validates those with Cedar against the full schema, the exact way."""
-    classes = SchemaClasses.of(schema)
+    validates those with Cedar against the full schema, the exact way. ``classes``:
+    ``SchemaClasses.of(schema)`` when the caller has it already (its small schemas
+    are built once and kept)."""
+    if classes is None:
+        classes = SchemaClasses.of(schema)
     if classes is None:
         return set(range(len(files)))
     shapes: dict[tuple[tuple[int, ...], tuple[str, str]], set[int]] = {}  # -> files

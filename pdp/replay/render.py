@@ -144,6 +144,8 @@ def render_replay(report: dict[str, Any], *, max_rows: int = DEFAULT_MAX_ROWS) -
     if shadow:
         rows.append(["no shadow decision (not compared)", totals["no_shadow"]])
     rows += [
+        ["invalid_arguments added", totals["invalid_arguments_added"]],
+        ["invalid_arguments removed", totals["invalid_arguments_removed"]],
         ["arguments redacted", totals["arguments_redacted"]],
         ["  of them changed", totals["redacted_changed"]],
     ]

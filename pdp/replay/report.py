@@ -9,6 +9,11 @@ A re-decision is classified against the recorded decision as
 * ``reasons_changed``: same decision, other determining policies (e.g. a call that
   was denied by ``default_deny`` is now denied by a new floor rule).
 
+Changes that come from the tools' input schemas are also counted apart: a record
+whose new decision is ``invalid_arguments`` and whose recorded one was not (a
+schema tightened: ``invalid_arguments_added``), and the reverse (a schema
+loosened: ``invalid_arguments_removed``).
+
 :class:`ReplayTally` keeps only counters and a bounded number of examples, so a log of
 any size fits in memory. Everything in :meth:`ReplayTally.to_json` is sorted, and
 nothing in it depends on the clock, so equal inputs give byte-identical reports.
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pdp.model import Decision, Effect
+from pdp.model import REASON_INVALID_ARGUMENTS, Decision, Effect
 from pdp.replay.records import LineKind, ReadLine, RecordedDecision, Skipped, Unreadable
 
 DEFAULT_EXAMPLES = 3
@@ -185,6 +190,9 @@ class ReplayTally:
         self.counts: dict[Change, int] = dict.fromkeys(Change, 0)
         self.redacted: dict[Change, int] = dict.fromkeys(Change, 0)
         self.candidate_errors = 0
+        # Records whose change comes with invalid_arguments appearing / disappearing.
+        self.arguments_added = 0
+        self.arguments_removed = 0
         self.failed = 0
         self.failed_examples: list[dict[str, str]] = []
         self.lines = LineCounts(examples)
@@ -230,6 +238,10 @@ class ReplayTally:
         for policy in new_ids or (NO_POLICY,):
             self.by_candidate_policy.add(policy, change, redacted)
         if change is not Change.UNCHANGED:
+            was_invalid = REASON_INVALID_ARGUMENTS in old_ids
+            is_invalid = REASON_INVALID_ARGUMENTS in new_ids
+            self.arguments_added += is_invalid and not was_invalid
+            self.arguments_removed += was_invalid and not is_invalid
             key = (change.value, "+".join(old_ids) or NO_POLICY, "+".join(new_ids) or NO_POLICY)
             if key in self.transitions or len(self.transitions) < self.max_keys:
                 self.transitions[key] = self.transitions.get(key, 0) + 1
@@ -256,6 +268,8 @@ class ReplayTally:
         totals["arguments_redacted"] = sum(self.redacted.values())
         totals["redacted_changed"] = sum(self.redacted[c] for c in CHANGES)
         totals["candidate_errors"] = self.candidate_errors
+        totals["invalid_arguments_added"] = self.arguments_added
+        totals["invalid_arguments_removed"] = self.arguments_removed
         totals["failed"] = self.failed
         return {
             **header,

@@ -13,7 +13,7 @@ from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.engine.arguments import ArgumentSchemaError, ArgumentSettings, compile_arguments
 from pdp.engine.store import policy_version
 from pdp.model import Decision, Effect
-from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, PolicyDirFactory
+from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, MINI_SCHEMA, PolicyDirFactory
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 PERMIT_ALL = '@id("all")\n@reason("r")\npermit (principal, action, resource);'
@@ -244,7 +244,11 @@ def ask(engine: Engine, arguments: Any) -> Decision:
 
 
 def test_undeclared_arguments_denied_unless_allowed(make_policy_dir: PolicyDirFactory) -> None:
-    schema = {"type": "object", "properties": {"ticket_id": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {"ticket_id": {"type": "string"}},
+        "required": ["ticket_id"],
+    }
     strict = engine_with(make_policy_dir, schema)
     assert invalid(ask(strict, {"ticket_id": "T", "x": 1})) == [
         "arguments.x: is not a declared argument (rule: additionalProperties)"
@@ -263,7 +267,7 @@ def test_nested_objects_are_closed_too(make_policy_dir: PolicyDirFactory) -> Non
     schema = {
         "type": "object",
         "properties": {"filter": {"type": "object", "properties": {"open": {"type": "boolean"}}}},
-    }
+    }  # (the Cedar schema leaves filter out: no policy can read it)
     engine = engine_with(make_policy_dir, schema)
     assert ask(engine, {"filter": {"open": True}}).allowed
     assert invalid(ask(engine, {"filter": {"open": True, "admin": True}})) == [
@@ -547,10 +551,99 @@ def test_compile_error_type() -> None:
 
 
 def test_a_changed_schema_is_a_new_policy_version(make_policy_dir: PolicyDirFactory) -> None:
-    loose = {"type": "object", "properties": {"ticket_id": {"type": "string"}}}
+    loose = {
+        "type": "object",
+        "properties": {"ticket_id": {"type": "string"}},
+        "required": ["ticket_id"],
+    }
     root = make_policy_dir({"a.cedar": PERMIT_ALL}, inventory=tool_inventory(loose))
     first = load_policies(root).version
-    tight = {**loose, "required": ["ticket_id"]}
+    tight = {**loose, "properties": {"ticket_id": {"type": "string", "maxLength": 9}}}
     (root / "entities.json").write_text(json.dumps(tool_inventory(tight)))
     second = load_policies(root)
     assert second.version != first and second.version == policy_version(Path(root))
+
+
+# --- Cedar's context.input types agree with the input schema ---------------------------
+
+CEDAR_INPUT = (
+    '{ ticket_id: String, limit?: Long, "repo-name"?: String, tags?: Set<String>,'
+    " page?: { n: Long, open?: Bool } }"
+)
+
+
+def agreement_problems(make_policy_dir: PolicyDirFactory, schema: Any) -> list[str]:
+    cedar = MINI_SCHEMA.replace("{ ticket_id: String, limit?: Long }", CEDAR_INPUT)
+    root = make_policy_dir({"a.cedar": PERMIT_ALL}, schema=cedar, inventory=tool_inventory(schema))
+    try:
+        load_policies(root)
+    except PolicyLoadError as exc:
+        return [str(d) for d in exc.diagnostics]
+    return []
+
+
+AGREEING = {
+    "type": "object",
+    "required": ["ticket_id"],
+    "properties": {
+        "ticket_id": {"type": "string"},
+        "limit": {"type": "integer"},
+        "repo-name": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "page": {
+            "type": "object",
+            "required": ["n"],
+            "properties": {"n": {"type": "integer"}, "open": {"type": "boolean"}},
+        },
+        "note": {"anyOf": [{"type": "string"}, {"type": "integer"}]},  # left out of Cedar
+    },
+}
+
+
+def test_cedar_declarations_that_agree_load(make_policy_dir: PolicyDirFactory) -> None:
+    assert agreement_problems(make_policy_dir, AGREEING) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "message"),
+    [
+        (
+            ["ticket_id"],
+            {"type": "integer"},
+            "context.input.ticket_id is Long in the tool's input_schema but the Cedar schema"
+            " declares another type",
+        ),
+        (["repo-name"], {"type": "boolean"}, "context.input.repo-name is Bool"),
+        (
+            ["tags"],
+            {"type": "array", "items": {"type": "integer"}},
+            "context.input.tags is Set<Long>",
+        ),
+        (["page", "n"], {"type": "string"}, "context.input.page.n is String"),
+        (["page", "open"], {"type": "integer"}, "context.input.page.open is Long"),
+    ],
+)
+def test_cedar_types_must_match_the_input_schema(
+    make_policy_dir: PolicyDirFactory, path: list[str], change: Any, message: str
+) -> None:
+    schema = json.loads(json.dumps(AGREEING))
+    node = schema
+    for part in path[:-1]:
+        node = node["properties"][part]
+    node["properties"][path[-1]] = change
+    found = agreement_problems(make_policy_dir, schema)
+    assert len(found) == 1, found
+    assert found[0].startswith('schema.cedarschema: action "crm/get_ticket": ' + message), found
+
+
+def test_an_optional_argument_cedar_requires_is_a_load_error(
+    make_policy_dir: PolicyDirFactory,
+) -> None:
+    schema = json.loads(json.dumps(AGREEING))
+    schema["required"] = []
+    found = agreement_problems(make_policy_dir, schema)
+    assert found == [
+        'schema.cedarschema: action "crm/get_ticket": context.input.ticket_id is optional in'
+        " the tool's input_schema but required in the Cedar schema: declare it with '?' (a call"
+        " without it would make every policy reading it an evaluation error)"
+    ]

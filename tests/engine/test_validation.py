@@ -148,7 +148,9 @@ def outcome(root: Path) -> Any:
 
 def exact_outcome(root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     with monkeypatch.context() as patch:
-        patch.setattr(pdp.engine.store, "confirm_valid", lambda _s, files: set(range(len(files))))
+        patch.setattr(
+            pdp.engine.store, "confirm_valid", lambda _s, files, *_: set(range(len(files)))
+        )
         return outcome(root)
 
 

@@ -93,6 +93,8 @@ def test_unchanged_policies_change_nothing(
         "arguments_redacted": 2 * REPS,  # the card token and the masked branch
         "redacted_changed": 0,
         "candidate_errors": 0,
+        "invalid_arguments_added": 0,
+        "invalid_arguments_removed": 0,
         "failed": 0,
     }
     assert report["skipped"] == {
@@ -485,3 +487,37 @@ def test_progress_bar_only_on_a_tty(shared_log: Path) -> None:
         assert tally.records == DECISIONS
         assert ("replay [" in stream.getvalue()) is drawn
         assert stream.getvalue().endswith("\r") is drawn
+
+
+def test_a_tightened_input_schema(
+    capsys: pytest.CaptureFixture[str], audit_log: Path, candidate: CandidateFactory
+) -> None:
+    # get_ticket now takes only ticket ids of the form X-…: the recorded reads of T-…
+    # become invalid_arguments, counted apart from other changes.
+    policies = candidate("tight")
+    inventory = json.loads((policies / "entities.json").read_text())
+    schema = inventory["servers"]["crm"]["tools"]["get_ticket"]["input_schema"]
+    schema["properties"]["ticket_id"]["pattern"] = "^X-[0-9]+$"
+    (policies / "entities.json").write_text(json.dumps(inventory))
+    code, report = replay_json(capsys, "--policies", str(policies), str(audit_log))
+    assert code == 0
+    totals = report["totals"]
+    # "support reads" allowed before; "support without intent" was denied by the floor.
+    assert (totals["narrowed"], totals["widened"], totals["reasons_changed"]) == (REPS, 0, REPS)
+    assert totals["invalid_arguments_added"] == 2 * REPS
+    assert totals["invalid_arguments_removed"] == 0
+    assert row(report["by_candidate_policy"], "invalid_arguments") == counts(
+        2 * REPS, 0, narrowed=REPS, reasons=REPS
+    )
+    example = report["examples"]["narrowed"][0]
+    assert example["candidate"]["reasons"] == [
+        {
+            "policy": "invalid_arguments",
+            "message": 'arguments.ticket_id: must match the pattern "^X-[0-9]+$" (rule: pattern)',
+        }
+    ]
+    code, text, _ = replay(capsys, "--policies", str(policies), str(audit_log))
+    assert re.search(r"invalid_arguments added\s+" + str(2 * REPS), text)
+    # Back to the recorded schema: the loosening is counted the other way round.
+    code, report = replay_json(capsys, "--policies", str(POLICIES), str(audit_log))
+    assert report["totals"]["invalid_arguments_removed"] == 0  # nothing was refused then

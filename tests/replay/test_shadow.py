@@ -197,6 +197,8 @@ def test_shadow_report_is_the_candidate_replay_report(
         "arguments_redacted": 2 * REPS,
         "redacted_changed": 2 * REPS,  # the card-token payments and masked pushes
         "candidate_errors": 0,
+        "invalid_arguments_added": 0,
+        "invalid_arguments_removed": 0,
         "failed": 0,
         "no_shadow": 0,
     }
@@ -500,7 +502,7 @@ def test_text_report(
         " (nothing decided again)",
         f"shadow policy versions: {shadow_engine.version} ({DECISIONS - 2})",
     ]
-    totals = {line[:42].strip(): line[42:].strip() for line in lines[4:15]}
+    totals = {line[:42].strip(): line[42:].strip() for line in lines[4:17]}
     assert totals == {
         "TOTALS": "",
         "records compared": str(DECISIONS - 2),
@@ -509,15 +511,17 @@ def test_text_report(
         "widened (deny -> allow)": "0",
         "reasons changed": "0",
         "no shadow decision (not compared)": "2",
+        "invalid_arguments added": "0",
+        "invalid_arguments removed": "0",
         "arguments redacted": str(2 * REPS),
         "of them changed": str(REPS),
         "shadow decisions with evaluation errors": "0",
         "unreadable lines": "0",
     }
     assert (
-        lines[15]
+        lines[17]
         == f"  not compared: refusals {REPS}, service denials 1, chain lines "
-        + (lines[15].split("chain lines ")[1])
+        + (lines[17].split("chain lines ")[1])
     )
     assert "failed to re-decide" not in out
     assert "re-decided with the masked values" not in out  # the shadow saw the real values
