@@ -15,8 +15,8 @@ run: setup
 test: setup lint typecheck unit
 
 lint:
-	$(VENV)/bin/ruff check pdp tests bench scripts
-	$(VENV)/bin/ruff format --check pdp tests bench scripts
+	$(VENV)/bin/ruff check pdp tests bench scripts examples
+	$(VENV)/bin/ruff format --check pdp tests bench scripts examples
 
 typecheck:
 	$(VENV)/bin/mypy pdp
@@ -28,5 +28,5 @@ bench: setup
 	$(PY) bench/engine.py
 
 fmt:
-	$(VENV)/bin/ruff format pdp tests bench scripts
-	$(VENV)/bin/ruff check --fix pdp tests bench scripts
+	$(VENV)/bin/ruff format pdp tests bench scripts examples
+	$(VENV)/bin/ruff check --fix pdp tests bench scripts examples

@@ -29,6 +29,7 @@ from pdp.mcp.mapping import (
     McpLimits,
     McpMapping,
     McpMessage,
+    declared_intent,
     map_request,
 )
 from pdp.mcp.reply import (
@@ -67,6 +68,7 @@ __all__ = [
     "Verdict",
     "allowed",
     "decision_id_header",
+    "declared_intent",
     "denied_reply",
     "loads_strict",
     "map_request",

@@ -265,6 +265,21 @@ def _intent(
     return from_meta if from_meta is not None else from_header
 
 
+def declared_intent(
+    http: HttpRequest,
+    meta: Mapping[str, JsonValue] | None,
+    limits: McpLimits = DEFAULT_MCP_LIMITS,
+) -> JsonValue:
+    """The intent declared with one MCP message (``x-pdp-intent`` and/or
+    ``params._meta["pdp.dev/intent"]``, equal when both are sent), or None; raises
+    RequestError. For a front door that needs it outside a ``tools/call``, e.g. an SDK
+    guard filtering ``tools/list``; a ``tools/call`` gets it from :func:`map_request`."""
+    problem = _single_headers(http, limits)
+    if problem is not None:
+        raise problem
+    return _intent(http, meta, limits)
+
+
 def _prefixed(exc: RequestError, prefix: str) -> RequestError:
     return _error(f"{prefix}.{exc.field}", exc.rule, exc.detail)
 

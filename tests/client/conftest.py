@@ -19,6 +19,7 @@ from pdp.identity.devca import IssuedCert
 from tests.service.conftest import (  # noqa: F401  (fixtures used by the tests here)
     SERVER_ID,
     Pki,
+    dev_server,
     engine,
     identity,
     make_server,

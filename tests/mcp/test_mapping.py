@@ -20,6 +20,7 @@ from pdp.mcp import (
     Verdict,
     allowed,
     decision_id_header,
+    declared_intent,
     denied_reply,
     loads_strict,
     map_request,
@@ -179,6 +180,24 @@ def test_intent_meta_must_be_an_object() -> None:
 def test_no_intent_leaves_it_to_the_floor() -> None:
     message = only(post(call()))
     assert message.request is not None and "intent" not in message.request
+
+
+def test_declared_intent_outside_a_tool_call() -> None:
+    """The same reading for a tools/list (an SDK guard filtering it): header and/or
+    params._meta, equal when both, a header sent twice refused."""
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    meta = {"pdp.dev/intent": INTENT}
+    assert declared_intent(post(listing), None) is None
+    assert declared_intent(post(listing), meta) == INTENT
+    assert declared_intent(post(listing, {"x-pdp-intent": json.dumps(INTENT)}), None) == INTENT
+    other = json.dumps({"purpose": "x", "tools": []})
+    with pytest.raises(RequestError) as conflict:
+        declared_intent(post(listing, {"x-pdp-intent": other}), meta)
+    assert conflict.value.rule == "conflict"
+    twice = HttpRequest.build("POST", [("x-pdp-intent", other), ("x-pdp-intent", other)], b"{}")
+    with pytest.raises(RequestError) as repeated:
+        declared_intent(twice, None)
+    assert repeated.value.rule == "repeated"
 
 
 # --- bad bodies: every one a deny naming the rule ---------------------------------
