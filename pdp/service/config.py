@@ -148,6 +148,8 @@ class ServerOptions:
     # cancelled (DEADLINE_EXCEEDED): a stalled stream holds its caller's slot no longer.
     request_timeout_s: float = 5.0
     max_concurrent_streams: int = 100  # per HTTP/2 connection
+    # Request headers (metadata) of one call; grpc refuses larger ones before pdp runs.
+    max_metadata_bytes: int = 16 * 1024
     # TLS handshakes not finished in this time are dropped (grpc's default is 120 s).
     handshake_timeout_s: float = 10.0
     # Connections open at once, handshaking or not (lowered at start to fit the
@@ -207,6 +209,7 @@ def _check_config(config: ServiceConfig) -> None:
         "server.max_concurrent_rpcs": config.server.max_concurrent_rpcs,
         "server.max_concurrent_streams": config.server.max_concurrent_streams,
         "server.max_rpcs_per_caller": config.server.max_rpcs_per_caller,
+        "server.max_metadata_bytes": config.server.max_metadata_bytes,
         "server.request_timeout_s": config.server.request_timeout_s,
         "server.handshake_timeout_s": config.server.handshake_timeout_s,
         "server.max_connections": config.server.max_connections,

@@ -266,6 +266,10 @@ class DecisionServer:
             ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace_s * 1000)),
             ("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)),
             ("grpc.server_handshake_timeout_ms", int(options.handshake_timeout_s * 1000)),
+            # Soft and hard limit alike: no call gets halfway (grpc's default hard limit
+            # is 1.25 x the soft one, with calls between them refused at random).
+            ("grpc.max_metadata_size", options.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", options.max_metadata_bytes),
             # Counts connections from accept, so handshaking ones too (grpc has no
             # per-address cap: put one in front, see README "Limits").
             ("grpc.max_allowed_incoming_connections", self.max_connections),

@@ -297,3 +297,23 @@ def test_refusals_past_the_record_budget_are_counted_not_recorded(
     assert flags[0] is True and flags[-1] is False
     assert flags == sorted(flags, reverse=True)
     assert server.refusals.of(STRANGER_ID) == 10
+
+
+def test_oversized_metadata_is_refused_and_harms_nobody(
+    make_server: ServerFactory, connect: ClientFactory, pki: Pki, sink: RecordingSink
+) -> None:
+    server = make_server(
+        sink=sink, server=ServerOptions(threads=4, shutdown_grace_s=1, max_metadata_bytes=4096)
+    )
+    attacker = connect(server, pki.svid(ATTACKER_ID))
+    client = connect(server)
+    request = to_message(example_request())
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as info:
+            attacker.check(request, metadata=(("x-padding", "p" * 20_000),))
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert client.check(request).decision == pb.DECISION_ALLOW
+    # Headers under the limit pass.
+    assert attacker.check(request, metadata=(("x-padding", "p" * 1_000),)).decision == (
+        pb.DECISION_ALLOW
+    )
