@@ -26,6 +26,7 @@ from tests.service.conftest import (  # noqa: F401  (fixtures used by the tests 
     pki,
     server,
     sink,
+    socket_dir,
 )
 
 

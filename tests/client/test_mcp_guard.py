@@ -295,3 +295,42 @@ def test_the_example_runs_against_pdp_serve_dev(dev_server: ServeProcess) -> Non
     assert "get_ticket: ok: ticket T-123" in shown.stdout
     assert "delete_ticket: DENIED" in shown.stdout and "support.never_delete" in shown.stdout
     assert "tools that actually ran: {'get_ticket': 1}" in shown.stdout
+
+
+def test_lists_after_tools_list_changed_are_filtered_too(
+    server: DecisionServer, gateway_identity: ClientIdentity
+) -> None:
+    """A tool the server adds later (what notifications/tools/list_changed announces)
+    is shown on the next tools/list only if pdp lets the agent call it."""
+    calls: Counter[str] = Counter()
+    pdp = AsyncClient(server.address, gateway_identity, timeout=2)
+    crm = MCPServer("crm", middleware=[PdpGuard(pdp, server="crm", agent=agent_from_header())])
+
+    @crm.tool()
+    def get_ticket(ticket_id: str) -> str:
+        calls["get_ticket"] += 1
+        return ticket_id
+
+    served = Served(crm)
+
+    def delete_ticket(ticket_id: str) -> str:
+        calls["delete_ticket"] += 1
+        return ticket_id
+
+    def search_tickets(query: str) -> list[str]:
+        return [query]
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with agent_session(served.url) as agent:
+            before = await agent.list_tools()
+            crm.add_tool(delete_ticket)  # added while the agent is connected
+            crm.add_tool(search_tickets)
+            after = await agent.list_tools(cache_mode="refresh")
+            return sorted(t.name for t in before.tools), sorted(t.name for t in after.tools)
+
+    try:
+        before, after = run(scenario())
+    finally:
+        served.stop()
+    assert before == ["get_ticket"]
+    assert after == ["get_ticket", "search_tickets"]  # delete_ticket stays hidden
