@@ -7,8 +7,10 @@ domain's roots), so a CA of a federated trust domain could mint
 of the trust domain the leaf *claims*, and applies the X509-SVID leaf rules:
 
 * exactly one URI SAN, a strict SPIFFE ID with a non-root path (other SAN types ignored);
-* basicConstraints cA false; keyUsage present with digitalSignature and without
-  keyCertSign or cRLSign; if an EKU is present it includes clientAuth;
+* basicConstraints cA false; keyUsage present, critical, with digitalSignature and
+  without keyCertSign or cRLSign (X509-SVID section 4.3); if an EKU is present it
+  includes clientAuth; a critical SAN when the subject is empty;
+* every certificate of the presented chain signed with SHA-256 or stronger;
 * validity at ``now``; chain to a root of the leaf's own trust domain only.
 
 Path validation uses ``cryptography.x509.verification``'s client verifier. Its
@@ -26,7 +28,10 @@ certificates without cA/keyCertSign, path length, signature algorithms outside t
 webpki set (e.g. SHA-1), and URI name constraints (unsupported, so rejected) all
 fail. The profile does *not* count URI SANs, check cRLSign, require keyUsage or
 digitalSignature, look at the SPIFFE ID, or bound the leaf's own key size (an
-RSA-1024 leaf passes it); those checks are done here first.
+RSA-1024 leaf passes it); those checks are done here first, together with the ones
+whose failure the verifier would report in its own internal terms (the signature
+algorithm, the SAN's criticality), so that a refusal names the rule it breaks, never
+the library's internals.
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ MAX_INTERMEDIATES = 8
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 256
 _MAX_DETAIL = 160
+# Signature hashes the path validation accepts (webpki's set); SHA-1 and MD5 are not.
+_ACCEPTED_SIGNATURE_HASHES = frozenset({"sha256", "sha384", "sha512"})
+# Verifier failures in RFC 5280 terms, by a fragment of cryptography's message; anything
+# else is cut before its first internal detail (see _verification_detail).
+_VERIFICATION_TERMS = (
+    ("Forbidden signature algorithm", "a certificate of the chain has a forbidden signature"),
+    ("Forbidden public key algorithm", "a certificate of the chain has a forbidden key type"),
+)
 
 
 class PeerAuthError(Exception):
@@ -181,6 +194,7 @@ class PeerVerifier:
             ) from None
         spiffe_id = _spiffe_id(extensions)
         _check_leaf(leaf, extensions, now)
+        _check_signature_hashes(leaf, intermediates)
         trust_domain = spiffe_id.trust_domain
         store = self._store(bundles, trust_domain)
         try:
@@ -194,7 +208,7 @@ class PeerVerifier:
                 .verify(leaf, intermediates)
             )
         except VerificationError as exc:
-            detail = str(exc).split(" (encountered processing", 1)[0][:_MAX_DETAIL]
+            detail = _verification_detail(str(exc))
             raise PeerAuthError(
                 f"client certificate chain does not verify against the bundle of trust "
                 f"domain {trust_domain!r}: {detail}"
@@ -277,6 +291,40 @@ def _spiffe_id(extensions: x509.Extensions) -> SpiffeId:
         raise PeerAuthError(f"client certificate URI SAN is not a valid SPIFFE ID: {exc}") from None
 
 
+def _verification_detail(message: str) -> str:
+    """cryptography's reason for a failed path validation, in terms an operator can act
+    on: never a Rust debug structure or the name of a Python exception."""
+    for fragment, meaning in _VERIFICATION_TERMS:
+        if fragment in message:
+            return meaning
+    detail = message.split(" (encountered processing", 1)[0]
+    if "Python extension validator" in detail or "{" in detail or "(" in detail:
+        return "the chain breaks RFC 5280 path validation"
+    return detail[:_MAX_DETAIL]
+
+
+def _check_signature_hashes(leaf: x509.Certificate, intermediates: list[x509.Certificate]) -> None:
+    for position, cert in enumerate([leaf, *intermediates]):
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except Exception:  # an algorithm cryptography does not know: not one we accept
+            algorithm = None
+        name = algorithm.name if algorithm is not None else "an unsupported algorithm"
+        if name not in _ACCEPTED_SIGNATURE_HASHES and not _is_eddsa(cert):
+            which = "client certificate" if position == 0 else f"intermediate CA #{position}"
+            raise PeerAuthError(
+                f"{which} is signed with {name.upper() if algorithm else name}; pdp accepts"
+                " SHA-256, SHA-384 or SHA-512 signatures (or Ed25519)"
+            )
+
+
+def _is_eddsa(cert: x509.Certificate) -> bool:
+    return cert.signature_algorithm_oid in (
+        x509.oid.SignatureAlgorithmOID.ED25519,
+        x509.oid.SignatureAlgorithmOID.ED448,
+    )
+
+
 def _check_leaf(leaf: x509.Certificate, extensions: x509.Extensions, now: datetime) -> None:
     try:
         basic = extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -285,9 +333,15 @@ def _check_leaf(leaf: x509.Certificate, extensions: x509.Extensions, now: dateti
     if basic is not None and basic.ca:
         raise PeerAuthError("client certificate is a CA certificate (cA=true), not an SVID")
     try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        usage_extension = extensions.get_extension_for_class(x509.KeyUsage)
     except x509.ExtensionNotFound:
         raise PeerAuthError("client certificate has no keyUsage extension") from None
+    if not usage_extension.critical:
+        raise PeerAuthError(
+            "client certificate keyUsage extension is not critical"
+            " (X509-SVID section 4.3: it must be present and critical)"
+        )
+    usage = usage_extension.value
     if usage.key_cert_sign or usage.crl_sign:
         raise PeerAuthError("client certificate keyUsage allows certificate or CRL signing")
     if not usage.digital_signature:
@@ -303,6 +357,13 @@ def _check_leaf(leaf: x509.Certificate, extensions: x509.Extensions, now: dateti
         raise PeerAuthError(f"client certificate RSA key is shorter than {MIN_RSA_BITS} bits")
     if isinstance(key, ec.EllipticCurvePublicKey) and key.key_size < MIN_EC_BITS:
         raise PeerAuthError(f"client certificate EC key is smaller than {MIN_EC_BITS} bits")
+    if len(leaf.subject) == 0:
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        if not san.critical:
+            raise PeerAuthError(
+                "client certificate subjectAltName must be critical when the subject is"
+                " empty (RFC 5280 section 4.1.2.6, X509-SVID section 3.1)"
+            )
     if now < leaf.not_valid_before_utc:
         raise PeerAuthError("client certificate is not yet valid")
     if now > leaf.not_valid_after_utc:

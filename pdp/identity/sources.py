@@ -8,11 +8,15 @@ or removed federated bundle). The server builds its TLS credentials and its
 Sources:
 
 * :class:`StaticFileSource` - PEM files on disk (e.g. written by spiffe-helper);
-  :meth:`StaticFileSource.reload` re-reads them.
+  :meth:`StaticFileSource.reload` re-reads them, each bundle file on its own.
 * :class:`DevSource` - the self-managed dev CA of ``pdp serve --dev``.
 * :class:`WorkloadApiSource` - the SPIFFE Workload API through py-spiffe's ``X509Source``.
 
-Every source keeps its last good snapshot when an update cannot be used, and logs why.
+Every source keeps its last good SVID when an update cannot be used, and logs why. Trust
+is the exception: a bundle file that is removed or can no longer be read stops the
+trust in its trust domain at once (fail closed, never "keep trusting the old roots"),
+without holding up the other bundles or the rotation of the server's own SVID; the
+snapshot names it in ``untrusted`` (health and ``GetStatus`` show it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import X509Source
 from spiffe.errors import PySpiffeError
 
-from pdp.identity.bundles import BundleError, TrustDomainBundles
+from pdp.identity.bundles import BundleError, TrustDomainBundles, load_bundle_file
 from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState, ensure_dev_state
 from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
 
@@ -52,14 +56,30 @@ class IdentitySnapshot:
     spiffe_id: str
     bundles: TrustDomainBundles
     not_after: datetime  # the leaf's; serving past it means serving an expired certificate
+    # Configured trust domains whose bundle could not be read: (trust domain, why), sorted.
+    # Their callers are refused until the bundle is back.
+    untrusted: tuple[tuple[str, str], ...] = ()
 
     @property
     def trust_domain(self) -> str:
         return parse_spiffe_id(self.spiffe_id).trust_domain
 
+    def trust_summary(self) -> tuple[bool, str]:
+        """(ok, detail) for health: ok unless no trust domain at all can be verified;
+        the detail names every trust domain not trusted because its bundle is unreadable."""
+        trusted = ", ".join(td for td, roots in self.bundles.items() if roots) or "none"
+        detail = f"trusting {trusted}"
+        if self.untrusted:
+            detail += "; NOT trusting " + "; ".join(f"{td} ({why})" for td, why in self.untrusted)
+        return any(self.bundles.values()), detail
+
     @classmethod
     def from_pem(
-        cls, cert_chain_pem: bytes, private_key_pem: bytes, bundles: TrustDomainBundles
+        cls,
+        cert_chain_pem: bytes,
+        private_key_pem: bytes,
+        bundles: TrustDomainBundles,
+        untrusted: tuple[tuple[str, str], ...] = (),
     ) -> IdentitySnapshot:
         """Validates that the chain, the key and the SPIFFE ID belong together."""
         try:
@@ -93,6 +113,7 @@ class IdentitySnapshot:
             spiffe_id=str(spiffe_id),
             bundles=bundles,
             not_after=leaf.not_valid_after_utc,
+            untrusted=untrusted,
         )
 
 
@@ -169,7 +190,13 @@ class _Publisher:
 
 class StaticFileSource(_Publisher):
     """SVID, key and bundles from files. ``bundle_files`` maps trust domain -> file
-    (PEM or SPIFFE bundle JSON); the server's own trust domain belongs in it too."""
+    (PEM or SPIFFE bundle JSON); the server's own trust domain belongs in it too.
+
+    Each bundle file is read on its own: one that is missing, unreadable or garbled
+    leaves its trust domain untrusted (logged; ``untrusted`` in the snapshot) and the
+    others as they are. The SVID and key must be usable at start; later, a pair that
+    cannot be used (a key rotated before its certificate) keeps the current SVID.
+    """
 
     def __init__(
         self,
@@ -180,24 +207,69 @@ class StaticFileSource(_Publisher):
         self._cert_file = Path(cert_file)
         self._key_file = Path(key_file)
         self._bundle_files = {td: Path(path) for td, path in bundle_files.items()}
-        super().__init__(self._read())
+        bundles, untrusted = self._read_bundles()
+        if untrusted and not bundles:
+            raise IdentityError(
+                "no trust bundle can be read: " + "; ".join(f"{td}: {why}" for td, why in untrusted)
+            )
+        _log_trust_changes((), untrusted)
+        super().__init__(self._read_svid(bundles, untrusted))
 
     def reload(self) -> bool:
         """Re-reads the files; notifies and returns True if anything changed.
 
-        Raises :class:`IdentityError` (keeping the current snapshot) if the files are
-        unreadable or inconsistent, e.g. a key rotated before its certificate.
+        The bundles always take effect (an unreadable one as an untrusted trust
+        domain). Raises :class:`IdentityError`, keeping the current SVID, if the SVID
+        files are unreadable or inconsistent, e.g. a key rotated before its certificate.
         """
-        return self._publish(self._read())
+        current = self.current()
+        bundles, untrusted = self._read_bundles()
+        _log_trust_changes(current.untrusted, untrusted)
+        try:
+            snapshot = self._read_svid(bundles, untrusted)
+        except IdentityError:
+            self._publish(replace(current, bundles=bundles, untrusted=untrusted))
+            raise
+        return self._publish(snapshot)
 
-    def _read(self) -> IdentitySnapshot:
+    def _read_bundles(self) -> tuple[TrustDomainBundles, tuple[tuple[str, str], ...]]:
+        loaded: dict[str, tuple[x509.Certificate, ...]] = {}
+        untrusted: list[tuple[str, str]] = []
+        for trust_domain, path in self._bundle_files.items():
+            try:
+                loaded[trust_domain] = load_bundle_file(path)
+            except FileNotFoundError:
+                untrusted.append((trust_domain, f"bundle file {path} is missing"))
+            except OSError as exc:
+                untrusted.append((trust_domain, f"bundle file {path} unreadable: {exc.strerror}"))
+            except BundleError as exc:
+                untrusted.append((trust_domain, f"bundle unusable: {exc}"))
+        try:
+            bundles = TrustDomainBundles(loaded)
+        except BundleError as exc:  # a trust domain name the configuration let through
+            raise IdentityError(f"trust bundles: {exc}") from None
+        return bundles, tuple(sorted(untrusted))
+
+    def _read_svid(
+        self, bundles: TrustDomainBundles, untrusted: tuple[tuple[str, str], ...]
+    ) -> IdentitySnapshot:
         try:
             cert = self._cert_file.read_bytes()
             key = self._key_file.read_bytes()
-            bundles = TrustDomainBundles.from_files(self._bundle_files)
-        except (OSError, BundleError) as exc:
+        except OSError as exc:
             raise IdentityError(f"cannot read identity files: {exc}") from None
-        return IdentitySnapshot.from_pem(cert, key, bundles)
+        return IdentitySnapshot.from_pem(cert, key, bundles, untrusted)
+
+
+def _log_trust_changes(
+    before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]
+) -> None:
+    was, now = dict(before), dict(after)
+    for trust_domain, why in now.items():
+        if was.get(trust_domain) != why:
+            log.error("not trusting %s any more: %s; its callers are refused", trust_domain, why)
+    for trust_domain in was.keys() - now.keys():
+        log.warning("trusting %s again: its bundle file is readable", trust_domain)
 
 
 class DevSource(StaticFileSource):

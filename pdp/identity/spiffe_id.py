@@ -60,6 +60,11 @@ def _explain(value: str) -> str:
         return "trust domain is empty"
     if "@" in authority:
         return "trust domain must not contain userinfo"
+    if authority.startswith("["):
+        return (
+            "trust domain must not be an IP literal such as '[::1]' (it may only contain"
+            " lowercase letters, digits, '.', '-' and '_')"
+        )
     if ":" in authority:
         return "trust domain must not contain a port"
     if not _TRUST_DOMAIN_RE.fullmatch(authority):

@@ -426,9 +426,11 @@ class DecisionServer:
 
     def run_checks(self) -> list[tuple[str, bool, str]]:
         """(name, ok, detail) of every health check, now."""
-        not_after = self.identity.current().not_after
+        snapshot = self.identity.current()
+        not_after = snapshot.not_after
         # Serving an expired certificate only produces handshake failures.
         valid = datetime.now(UTC) < not_after
+        trusted, trust = snapshot.trust_summary()
         checks = [
             (
                 "identity",
@@ -436,7 +438,10 @@ class DecisionServer:
                 f"own SVID valid until {not_after.isoformat()}"
                 if valid
                 else f"own SVID expired at {not_after.isoformat()}",
-            )
+            ),
+            # A trust domain whose bundle is gone is refused, the others served: the
+            # check fails only when no caller at all could be authenticated.
+            ("trust", trusted, trust),
         ]
         for name, source in self.health_sources.items():
             try:

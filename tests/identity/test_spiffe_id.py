@@ -59,7 +59,7 @@ INVALID = {
     "encoded traversal": ("spiffe://prod.example/a%2F..%2Fadmin", "percent"),
     "userinfo": ("spiffe://user@prod.example/app", "userinfo"),
     "port": ("spiffe://prod.example:443/app", "port"),
-    "IPv6": ("spiffe://[::1]/app", "trust domain"),
+    "IPv6": ("spiffe://[::1]/app", "trust domain must not be an IP literal"),
     "query": ("spiffe://prod.example/app?admin=1", "query"),
     "fragment": ("spiffe://prod.example/app#x", "fragment"),
     "https scheme": ("https://prod.example/app", "spiffe://"),
