@@ -7,6 +7,10 @@ keeps serving and the failure is reported (log, health detail, event callback).
 A call reads ``runtime.engine`` once and finishes on that version, whatever
 happens meanwhile; every decision names its version.
 
+A reload that would remove every author policy (an emptied or half-synced directory,
+a wrong mount) is rejected like a broken one, since it would deny every call until the
+files return, unless the directory holds an :data:`ALLOW_EMPTY_MARKER` file saying so.
+
 A shadow set is decided beside the active one for every request; the caller gets
 the active answer and the audit record carries the shadow's, so a rollout can be
 judged on live traffic before it is enforced.
@@ -34,6 +38,9 @@ from pdp.engine.store import PolicyLoadError, load_policies
 from pdp.model import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("pdp.policies")
+
+# A file in the policy directory that makes a reload to no author policy deliberate.
+ALLOW_EMPTY_MARKER = "ALLOW_NO_POLICIES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,25 @@ def descriptors_short(count: int = _FD_HEADROOM) -> str:
         for fd in opened:
             os.close(fd)
     return ""
+
+
+def _author_policies(engine: Engine) -> int:
+    return sum(1 for unit in engine.compiled.units if not unit.floor)
+
+
+def _refuse_emptying(current: Engine | None, candidate: Engine, directory: Path) -> None:
+    """Raises :class:`ReloadRejected` when ``candidate`` has no author policy left where
+    ``current`` had some and the directory does not say it is on purpose."""
+    if current is None or _author_policies(candidate) or not _author_policies(current):
+        return
+    if (directory / ALLOW_EMPTY_MARKER).exists():
+        return
+    raise ReloadRejected(
+        f"the candidate has no author policies (the active version has"
+        f" {_author_policies(current)}): every call would be denied; to apply it on"
+        f" purpose, create the file {ALLOW_EMPTY_MARKER} in {directory}",
+        candidate.version,
+    )
 
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -199,6 +225,8 @@ class PolicyRuntime:
             candidate = build_engine(
                 directory, self.limits, run_tests=self.run_tests and role == "active"
             )
+            if role == "active":
+                _refuse_emptying(current, candidate, directory)
         except ReloadRejected as exc:
             ok, version, candidate_version, detail = (
                 False,

@@ -99,14 +99,70 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "parse error"
 
 
+_END_OF_INPUT = "unexpected end of input"
+# A name Cedar rejects once the policy is read ("`foo` is not a valid function").
+_QUOTED_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_:]*)`")
+_DUPLICATE_ANNOTATION = re.compile(r"duplicate annotation: (@[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _parse_error(text: str) -> str | None:
+    try:
+        cedarpy.PolicySet.from_str(text)
+    except ValueError as exc:
+        return _first_line(str(exc))
+    return None
+
+
+def _line_of(lines: list[str], needle: str, occurrence: int) -> int | None:
+    """The 0-based line holding the ``occurrence``-th ``needle`` (a whole name)."""
+    pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(needle)}(?![A-Za-z0-9_])")
+    seen = 0
+    for index, line in enumerate(lines):
+        seen += len(pattern.findall(line.split("//", 1)[0]))
+        if seen >= occurrence:
+            return index
+    return None
+
+
+def _error_line(statement: Statement, message: str) -> int:
+    """The line of ``statement`` where Cedar's parse error lies.
+
+    Cedar reports no position. Its parser reads left to right, so a prefix of the
+    statement that stops before the offending token fails only for want of input: the
+    first prefix (by whole lines) failing with the statement's own error ends on the
+    offending line. Errors Cedar finds once the policy is read name what they reject
+    (an unknown function, a duplicate annotation): that name's line.
+    """
+    lines = statement.text.rstrip().split("\n")
+    found: int | None = None
+    named = _QUOTED_NAME.search(message)
+    duplicate = _DUPLICATE_ANNOTATION.search(message)
+    if message == _END_OF_INPUT:
+        found = len(lines) - 1  # the statement stops short: its last line
+    elif named and not message.startswith("unexpected token"):
+        found = _line_of(lines, named.group(1), 1)
+    elif duplicate:
+        found = _line_of(lines, duplicate.group(1), 2)
+    else:
+        for count in range(1, len(lines) + 1):
+            error = _parse_error("\n".join(lines[:count]))
+            if error == message:
+                found = count - 1
+                break
+            if error != _END_OF_INPUT:
+                break  # another error first: no line to name with confidence
+    return statement.line + (found or 0)
+
+
 def locate_parse_errors(statements: list[Statement], display_name: str) -> list[Diagnostic]:
-    """The slow path, for broken files only: parse statement by statement."""
+    """The slow path, for broken files only: parse statement by statement, and find the
+    line of each error inside its statement."""
     found = []
     for statement in statements:
-        try:
-            cedarpy.PolicySet.from_str(statement.text)
-        except ValueError as exc:
-            found.append(Diagnostic(display_name, statement.line, _first_line(str(exc))))
+        message = _parse_error(statement.text)
+        if message is not None:
+            line = _error_line(statement, message)
+            found.append(Diagnostic(display_name, line, message))
     return found or [Diagnostic(display_name, 0, "Cedar cannot parse this file")]
 
 

@@ -88,16 +88,48 @@ def _display(path: Path, root: Path) -> str:
 
 
 def policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
-    """Returns (author files, extra floor files) of a directory, sorted for a stable version."""
+    """Returns (author files, extra floor files) of a directory, sorted for a stable version.
+
+    ``floor/`` is normally a link to the built-in floor, which always loads. A directory
+    copied without its links (``cp -rL``, a Kubernetes ConfigMap, an image build) holds
+    copies instead: an unchanged copy of a built-in floor file is that file (skipped, as
+    the link would be); a changed one raises :class:`PolicyLoadError` naming both files.
+    """
     directory = directory.resolve()
     floor_dir = (directory / FLOOR_DIR).resolve()
+    builtin = {path.name: path for path in BUILTIN_FLOOR.glob("*.cedar")}
     author: list[Path] = []
     floor: list[Path] = []
+    changed: list[Diagnostic] = []
     for path in sorted(directory.rglob("*.cedar")):
         resolved = path.resolve()
         if resolved.is_relative_to(BUILTIN_FLOOR):
             continue  # a symlink to the built-in floor, which always loads anyway
-        (floor if resolved.is_relative_to(floor_dir) else author).append(path)
+        if not resolved.is_relative_to(floor_dir):
+            author.append(path)
+            continue
+        original = builtin.get(path.name) if resolved.parent == floor_dir else None
+        if original is not None:
+            try:
+                unchanged = path.read_bytes() == original.read_bytes()
+            except OSError:
+                unchanged = False  # the load reports why it cannot be read
+            if unchanged:
+                continue
+            changed.append(
+                Diagnostic(
+                    _display(path, directory),
+                    0,
+                    f"differs from pdp's built-in floor file {original}: the built-in"
+                    " floor always loads and cannot be changed; restore the copy (or link"
+                    f" {FLOOR_DIR}/ to {BUILTIN_FLOOR}) and put extra floor rules in a file"
+                    " of another name",
+                )
+            )
+            continue
+        floor.append(path)
+    if changed:
+        raise PolicyLoadError(changed)
     return author, floor
 
 

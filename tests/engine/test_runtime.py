@@ -235,3 +235,36 @@ def test_a_reload_without_file_descriptors_is_deferred_not_rejected(
     assert outcome["rejected"] is False  # no rejected-reload event, no record
     assert outcome["deferred"] == 1
     assert outcome["fed"] == [True, True]  # with descriptors back, the reload goes through
+
+
+def test_a_reload_that_removes_every_author_policy_must_be_explicit(
+    make_policy_dir: PolicyDirFactory, tmp_path: Path
+) -> None:
+    from pdp.audit import Audit, AuditConfig, FileSinkConfig
+    from pdp.engine.runtime import ALLOW_EMPTY_MARKER
+    from pdp.service.operations import reload_recorder
+    from tests.audit.helpers import log_lines
+
+    root = make_policy_dir({"read.cedar": READ_POLICY, "read.test.yaml": SUITE_EXPECTS_ALLOW})
+    runtime = PolicyRuntime(root)
+    audit = Audit(AuditConfig(FileSinkConfig(tmp_path / "audit"), instance_id="empty-test"))
+    runtime.add_listener(reload_recorder(audit))
+    before = runtime.version
+    assert runtime.engine.decide(REQUEST).effect is Effect.ALLOW
+    # Every policy and test removed (a half-synced volume, a wrong mount).
+    (root / "read.cedar").unlink()
+    (root / "read.test.yaml").unlink()
+    event = runtime.reload()
+    assert not event.ok and runtime.version == before
+    assert "no author policies" in event.detail and ALLOW_EMPTY_MARKER in event.detail
+    assert runtime.engine.decide(REQUEST).effect is Effect.ALLOW
+    assert runtime.last_rejected == event
+    # Said on purpose: applied.
+    (root / ALLOW_EMPTY_MARKER).write_text("")
+    event = runtime.reload()
+    assert event.ok and runtime.version != before
+    assert runtime.engine.decide(REQUEST).effect is Effect.DENY
+    assert audit.close()
+    reloads = [r for r in log_lines(tmp_path / "audit") if r["kind"] == "policy_reload"]
+    assert [r["ok"] for r in reloads] == [False, True]
+    assert "no author policies" in str(reloads[0])

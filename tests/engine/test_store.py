@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from pdp.engine import PolicyLoadError, load_policies
 from pdp.engine.source import Statement, split_statements
-from pdp.engine.store import policy_version
+from pdp.engine.store import BUILTIN_FLOOR, policy_version
 from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, READ_POLICY, PolicyDirFactory
 
 
@@ -78,7 +80,48 @@ def test_parse_error_is_located(make_policy_dir: PolicyDirFactory) -> None:
         + '\n@id("bad")\n@reason("r")\npermit (principal, action, resource)\nwhen { 1 + };\n'
     )
     found = problems(make_policy_dir({"a.cedar": text}))
-    assert len(found) == 1 and found[0].startswith("a.cedar:6: ")
+    assert len(found) == 1 and found[0].startswith("a.cedar:9: ")  # the `when` line
+
+
+PARSE_ERRORS = """// the line of the error, not of the policy
+@id("a")
+@reason("r")
+permit (
+  principal,
+  action,
+  resource
+) when {
+  context.tool.name == "x" &&
+  foo(2)
+};
+
+@id("b")
+@reason("r")
+permit (principal, action, resource) when {
+  context.tool.name ==
+};
+@id("c")
+@reason("r")
+permit (principal, action, resource) when { context.tool.name == "abc
+};
+@id("d")
+@id("d")
+permit (principal, action, resource);
+@id("e")
+permit (principal,
+  action, resource"""
+
+
+def test_parse_errors_name_the_line_of_the_error(make_policy_dir: PolicyDirFactory) -> None:
+    found = problems(make_policy_dir({"a.cedar": PARSE_ERRORS}))
+    assert [line.split(": ", 1)[0] for line in found] == [
+        "a.cedar:10",  # `foo` is not a valid function
+        "a.cedar:17",  # unexpected token `}`
+        "a.cedar:20",  # an unterminated string
+        "a.cedar:23",  # the second @id
+        "a.cedar:27",  # unexpected end of input: where the policy stops
+    ]
+    assert "`foo` is not a valid function" in found[0]
 
 
 def test_validation_error_is_located_and_named(make_policy_dir: PolicyDirFactory) -> None:
@@ -244,3 +287,30 @@ def test_statement_splitter_agrees_with_a_lexer_on_the_examples() -> None:
     for path in EXAMPLE_POLICIES.rglob("*.cedar"):
         text = path.read_text()
         assert split_statements(text) == lexer_split(text)
+
+
+def test_a_directory_copied_without_symlinks_loads_its_floor_copy_as_the_floor(
+    tmp_path: Path,
+) -> None:
+    # cp -rL, a Kubernetes ConfigMap, an image build: floor/ holds copies, not a link.
+    copy = Path(shutil.copytree(EXAMPLE_POLICIES, tmp_path / "copied", symlinks=False))
+    assert not (copy / "floor").is_symlink() and (copy / "floor" / "intent.cedar").is_file()
+    compiled = load_policies(copy)
+    original = load_policies(EXAMPLE_POLICIES)
+    assert compiled.version == original.version == policy_version(copy)
+    assert len(compiled) == len(original)
+    # A changed copy of the built-in floor is an error naming both files.
+    floor_file = copy / "floor" / "intent.cedar"
+    floor_file.write_text(floor_file.read_text().replace("<= context.time.epoch", "< 0"))
+    with pytest.raises(PolicyLoadError) as info:
+        load_policies(copy)
+    (problem,) = [str(d) for d in info.value.diagnostics]
+    assert problem.startswith("floor/intent.cedar: differs from pdp's built-in floor file ")
+    assert str(BUILTIN_FLOOR / "intent.cedar") in problem
+    # Extra floor rules in a file of another name still load.
+    floor_file.write_bytes((BUILTIN_FLOOR / "intent.cedar").read_bytes())
+    (copy / "floor" / "extra.cedar").write_text(
+        '@id("floor.extra")\n@reason("r")\nforbid (principal, action, resource)'
+        ' when { context.tool.name == "never" };\n'
+    )
+    assert len(load_policies(copy)) == len(original) + 1
