@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import cedarpy
 
+from pdp import __version__
 from pdp.client_options import DEFAULT_TARGET, ClientOptions, add_client_identity_options
 from pdp.engine import Engine, PolicyLoadError, load_policies
 from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pdp", description="SPIFFE-native policy decision point for AI-agent tool calls."
     )
+    parser.add_argument("--version", action="version", version=f"pdp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="parse and validate a policy directory")
@@ -449,7 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dev", action="store_true", help="use a local dev CA (in --state-dir) as identity"
     )
-    p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="pdp's own files: policy archive, audit log, dev CA (default: state_dir of"
+        " the config, else $STATE_DIRECTORY; ./.pdp-state only with --dev)",
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="default: 127.0.0.1:8443")
     p.add_argument("--policies", "-p", metavar="DIR", help="policy directory (default: policies)")
     p.add_argument("--audit-dir", metavar="DIR", help="audit log (default: STATE_DIR/audit)")

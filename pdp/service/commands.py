@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pdp import __version__
 from pdp.identity.devca import DEV_TRUST_DOMAIN, DevState
 from pdp.proof import IntentIssuer, ProofConfig
 from pdp.service.config import (
@@ -24,6 +25,7 @@ from pdp.service.config import (
     DevIdentity,
     ServiceConfig,
     load_config,
+    state_directory,
 )
 
 if TYPE_CHECKING:
@@ -129,13 +131,12 @@ def serve(options: ServeOptions) -> int:
             state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
             changes["identity"] = DevIdentity(state_dir=state_dir)
             changes["proof"] = with_dev_issuer(config.proof, state_dir)
-        elif options.state_dir:
-            return _error("--state-dir only applies with --dev")
         config = config.replace(**changes) if changes else config
+        state_dir, state_source = state_directory(config, options.state_dir)
     except ConfigError as exc:
         return _error(str(exc))
 
-    state_dir = Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR
+    state_dir = state_dir.resolve()
     archive_root = state_dir / "policy-versions"
     from pdp.service.config import MAX_WORKERS
     from pdp.service.workers import worker_count
@@ -152,7 +153,7 @@ def serve(options: ServeOptions) -> int:
         if not die_with_supervisor():
             return _error(f"worker {options.worker_index}: its supervisor is gone")
     if workers > 1 and options.worker_index is None:
-        return _supervise(options, config, workers, state_dir)
+        return _supervise(options, config, workers, state_dir, state_source)
     if workers > 1:
         config = config.replace(server=dataclasses.replace(config.server, workers=workers))
     # Every worker writes the same versions; one archive writer avoids racing renames.
@@ -265,6 +266,7 @@ def serve(options: ServeOptions) -> int:
                 return _error(str(exc))
         for line in _startup_lines(server, options, dev_note):
             print(f"pdp: {line}", flush=True)
+        print(f"pdp: {_state_line(state_dir, state_source, options)}", flush=True)
         if endpoint is not None:
             print(
                 f"pdp: metrics on {endpoint.url} (worker {metrics.worker if metrics else 0})",
@@ -298,7 +300,14 @@ def serve(options: ServeOptions) -> int:
         return code
 
 
-def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state_dir: Path) -> int:
+def _state_line(state_dir: Path, source: str, options: ServeOptions) -> str:
+    holds = "policy archive" + ("" if options.audit_dir or options.audit_off else ", audit log")
+    return f"state directory {state_dir} ({holds}; from {source})"
+
+
+def _supervise(
+    options: ServeOptions, config: ServiceConfig, workers: int, state_dir: Path, state_source: str
+) -> int:
     """``--workers N`` (N > 1): run N worker processes on one port.
 
     The policies are not loaded here: each worker loads and checks them anyway (in
@@ -320,7 +329,7 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
         argv += ["--worker-index", str(index), "--audit-mode", options.audit_mode]
         for flag, value in (
             ("--config", options.config_file),
-            ("--state-dir", options.state_dir),
+            ("--state-dir", str(state_dir)),
             ("--policies", options.policies),
             ("--audit-dir", str(audit_base)),
             ("--nats", options.nats),
@@ -355,7 +364,9 @@ def _supervise(options: ServeOptions, config: ServiceConfig, workers: int, state
 
     def on_ready() -> None:
         reservation.close()  # the workers hold the port now
+        say(f"pdp: pdp {__version__}")
         say(f"pdp: listening on {listen} with {workers} workers ({audit_note})")
+        say(f"pdp: {_state_line(state_dir, state_source, options)}")
         say(f"pdp: new connections are dealt to workers by {balancing}")
         say("pdp: SIGHUP reloads every worker; SIGTERM drains them all")
 
@@ -374,6 +385,7 @@ def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str)
     config = server.config
     engine = getattr(server.engine, "engine", server.engine)  # a PolicyRuntime holds one
     lines = [
+        f"pdp {__version__}",
         f"listening on {server.address} (mutual TLS; TLS 1.3, or TLS 1.2 with ECDHE-AEAD)",
         f"server SPIFFE ID {server.spiffe_id}",
         f"policy version {engine.version} ({len(engine.compiled)} policies from {config.policies})",

@@ -46,7 +46,7 @@ from pdp.proof.config import IntentIssuer, ProofConfig, ProofConfigError, Requir
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_METRICS_HOST = "127.0.0.1"
-DEFAULT_STATE_DIR = Path(".pdp-state")
+DEFAULT_STATE_DIR = Path(".pdp-state")  # --dev only: a production pdp is told where
 
 
 class ConfigError(ValueError):
@@ -184,6 +184,9 @@ class ServiceConfig:
     # bare port listens on loopback; with N workers, worker K takes PORT+K.
     metrics_listen: str = ""
     proof: ProofConfig = field(default_factory=ProofConfig)
+    # pdp's own files: the policy archive and, unless --audit-dir, the audit log. Without
+    # --dev it must be configured (here, --state-dir or systemd's $STATE_DIRECTORY).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -469,6 +472,8 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     listen = root.get("listen", str, defaults.listen)
     metrics_listen = root.get("metrics_listen", (str, int), defaults.metrics_listen)
     policies = base / root.get("policies", str, str(defaults.policies))
+    state_dir_value = root.get("state_dir", str, None)
+    state_dir = base / state_dir_value if state_dir_value else None
     identity = _identity(root.section("identity"), base)
     callers = _callers(root.raw("callers"))
     audit_watchers = _patterns(root.raw("audit_watchers"), "audit_watchers")
@@ -502,6 +507,28 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         server=server,
         metrics_listen=str(metrics_listen),
         proof=proof,
+        state_dir=state_dir,
+    )
+
+
+def state_directory(config: ServiceConfig, flag: str | None) -> tuple[Path, str]:
+    """The one state directory of ``pdp serve`` and what named it: ``--state-dir``,
+    the dev identity's, the configuration's ``state_dir``, or systemd's
+    ``$STATE_DIRECTORY``. Never the working directory by accident: without any of
+    them a non-dev server does not start."""
+    if flag:
+        return Path(flag), "--state-dir"
+    if isinstance(config.identity, DevIdentity):
+        return config.identity.state_dir, "dev identity"
+    if config.state_dir is not None:
+        return config.state_dir, "config state_dir"
+    systemd = os.environ.get("STATE_DIRECTORY", "")
+    if systemd:
+        return Path(systemd.split(":", 1)[0]), "$STATE_DIRECTORY"
+    raise ConfigError(
+        "no state directory (for the policy archive and the default audit log): give"
+        " --state-dir DIR or state_dir in the configuration (only --dev defaults to"
+        f" ./{DEFAULT_STATE_DIR})"
     )
 
 

@@ -40,6 +40,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pdp import __version__
 from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp.audit.ids import new_decision_id
 from pdp.engine import Engine
@@ -453,7 +454,9 @@ class DecisionServer:
 
     def _status(self) -> apb.StatusResponse:
         """GetStatus: health as published, the checks now, the policies in force."""
-        response = apb.StatusResponse(serving=self.serving, checks=health_checks(self.run_checks()))
+        response = apb.StatusResponse(
+            serving=self.serving, checks=health_checks(self.run_checks()), version=__version__
+        )
         engines: Any = self.core.engines
         engine = engines.engine
         response.policy_version = engine.version

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from pdp import __version__
 from pdp._proto.pdp.v1 import audit_pb2 as apb
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit import Audit, AuditConfig, DeliveryMode, FileSinkConfig, PipelineConfig, open_audit
@@ -481,8 +482,13 @@ def test_status_for_watchers_only(
             response_deserializer=apb.StatusResponse.FromString,
         )(apb.StatusRequest(), timeout=TIMEOUT)
     assert status.serving
-    assert [(c.name, c.ok) for c in status.checks] == [("identity", True), ("audit", True)]
+    assert [(c.name, c.ok) for c in status.checks] == [
+        ("identity", True),
+        ("trust", True),
+        ("audit", True),
+    ]
     assert status.policy_version == served.server.engine.version
+    assert status.version == __version__ and status.version
     assert status.policies == len(served.server.engine.compiled)
     assert status.watchers == 1
     assert not status.HasField("last_rejected_reload")

@@ -57,7 +57,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("serving", "checks", "policy_version", "policies", "shadow_policy_version", "last_reload", "last_rejected_reload", "watchers")
+    __slots__ = ("serving", "checks", "policy_version", "policies", "shadow_policy_version", "last_reload", "last_rejected_reload", "watchers", "version")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class StatusResponse(_message.Message):
     LAST_RELOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_REJECTED_RELOAD_FIELD_NUMBER: _ClassVar[int]
     WATCHERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     checks: _containers.RepeatedCompositeFieldContainer[HealthCheck]
     policy_version: str
@@ -74,7 +75,8 @@ class StatusResponse(_message.Message):
     last_reload: ReloadAttempt
     last_rejected_reload: ReloadAttempt
     watchers: int
-    def __init__(self, serving: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ..., policy_version: _Optional[str] = ..., policies: _Optional[int] = ..., shadow_policy_version: _Optional[str] = ..., last_reload: _Optional[_Union[ReloadAttempt, _Mapping]] = ..., last_rejected_reload: _Optional[_Union[ReloadAttempt, _Mapping]] = ..., watchers: _Optional[int] = ...) -> None: ...
+    version: str
+    def __init__(self, serving: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ..., policy_version: _Optional[str] = ..., policies: _Optional[int] = ..., shadow_policy_version: _Optional[str] = ..., last_reload: _Optional[_Union[ReloadAttempt, _Mapping]] = ..., last_rejected_reload: _Optional[_Union[ReloadAttempt, _Mapping]] = ..., watchers: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("name", "ok", "detail")

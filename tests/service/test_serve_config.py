@@ -1,0 +1,140 @@
+"""`pdp serve` as an operator runs it: the README's file-identity configuration, one
+configured state directory (never the working directory's ./.pdp-state by accident),
+and the version at start."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from pdp import __version__
+from pdp._proto.pdp.v1 import decision_pb2 as pb
+from pdp.identity.devca import DevCA
+from pdp.service.servicer import CHECK_METHOD
+
+from .conftest import POLICIES, REPO, ServeProcess
+
+README = REPO / "README.md"
+
+
+def readme_configuration() -> str:
+    """The README's complete file-identity configuration (the YAML block naming it)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if "source: files" in b]
+    return block
+
+
+def _spiffe_bundle(ca: DevCA) -> str:
+    der = ca.root.public_bytes(serialization.Encoding.DER)
+    key = {"use": "x509-svid", "kty": "EC", "x5c": [base64.b64encode(der).decode()]}
+    return json.dumps({"keys": [key], "spiffe_sequence": 1})
+
+
+def test_the_readme_file_identity_configuration_serves(tmp_path: Path) -> None:
+    prod, partner = DevCA.create("prod.example"), DevCA.create("partner.example")
+    spiffe = tmp_path / "spiffe"
+    spiffe.mkdir()
+    server = prod.issue_svid("spiffe://prod.example/pdp", ip_addresses=("127.0.0.1",))
+    (spiffe / "svid.pem").write_bytes(server.chain_pem)
+    (spiffe / "svid.key").write_bytes(server.key_pem)
+    (spiffe / "bundle.pem").write_bytes(prod.bundle_pem)
+    (spiffe / "partner.bundle.json").write_text(_spiffe_bundle(partner))
+    state = tmp_path / "state"
+    text = (
+        readme_configuration()
+        .replace("/run/spiffe/", f"{spiffe}/")
+        .replace("/var/lib/pdp", str(state))
+        .replace("/etc/pdp/policies", str(POLICIES))
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+    )
+    config = tmp_path / "pdp.yaml"
+    config.write_text(text)
+    served = ServeProcess(["--config", str(config)], cwd=tmp_path)
+    try:
+        assert served.lines[0] == f"pdp: pdp {__version__}"
+        assert served.wait_for_line(f"state directory {state} (", 5).endswith(
+            "(policy archive, audit log; from config state_dir)"
+        )
+        gateway = prod.issue_svid("spiffe://prod.example/gateway/edge")
+        credentials = grpc.ssl_channel_credentials(
+            prod.bundle_pem, gateway.key_pem, gateway.chain_pem
+        )
+        with grpc.secure_channel(served.address, credentials) as channel:
+            check = channel.unary_unary(
+                CHECK_METHOD,
+                request_serializer=pb.CheckRequest.SerializeToString,
+                response_deserializer=pb.CheckResponse.FromString,
+            )
+            request = pb.CheckRequest(
+                agent="spiffe://prod.example/agent/bot", server="crm", tool="get_ticket"
+            )
+            response = check(request, timeout=30)
+        assert response.decision_id  # authenticated, allowed to ask, decided
+        assert response.reasons[0].policy != "caller_not_bound"
+    finally:
+        assert served.stop() == 0
+    assert (state / "policy-versions").is_dir()
+    assert list((state / "audit").iterdir())
+    assert not (tmp_path / ".pdp-state").exists()
+
+
+def _file_identity_config(tmp_path: Path, extra: str = "") -> Path:
+    ca = DevCA.create("prod.example")
+    server = ca.issue_svid("spiffe://prod.example/pdp", ip_addresses=("127.0.0.1",))
+    (tmp_path / "svid.pem").write_bytes(server.chain_pem)
+    (tmp_path / "svid.key").write_bytes(server.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
+    config = tmp_path / "pdp.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:0\npolicies: {POLICIES}\n{extra}"
+        "identity: {source: files, cert: svid.pem, key: svid.key,"
+        " bundles: {prod.example: bundle.pem}}\n"
+    )
+    return config
+
+
+def test_without_a_state_directory_a_non_dev_server_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _file_identity_config(tmp_path)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pdp.cli", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no state directory" in result.stderr and "--state-dir" in result.stderr
+    assert not (tmp_path / ".pdp-state").exists()
+
+
+def test_state_dir_is_accepted_without_dev(tmp_path: Path) -> None:
+    config = _file_identity_config(tmp_path)
+    state = tmp_path / "elsewhere"
+    served = ServeProcess(["--config", str(config), "--state-dir", str(state)], cwd=tmp_path)
+    try:
+        assert served.wait_for_line("state directory", 5).endswith(
+            f"state directory {state} (policy archive, audit log; from --state-dir)"
+        )
+    finally:
+        assert served.stop() == 0
+    assert (state / "policy-versions").is_dir() and (state / "audit").is_dir()
+    assert not (tmp_path / ".pdp-state").exists()
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pdp.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"pdp {__version__}"
