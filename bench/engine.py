@@ -476,7 +476,7 @@ def bench_serve(count: int, timeout: float = 300) -> dict[str, Any]:
         started = time.monotonic()
         process = subprocess.Popen(
             [str(REPO / ".venv/bin/pdp"), "serve", "--config", str(config), "--no-audit"],
-            cwd=work,  # the policy archive goes below the working directory's .pdp-state
+            cwd=work,  # the policy archive goes to the dev identity's state directory
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,

@@ -180,7 +180,7 @@ def write_config(work: Path, policies: Path, state: Path) -> Path:
 
 
 def start_pdp(name: str, mode: str, work: Path, config: Path, source: Path | None) -> Pdp:
-    home = work / name  # its own cwd: the policy archive (.pdp-state) lands there
+    home = work / name  # its own cwd (the policy archive goes to the dev state dir)
     home.mkdir()
     port = free_port()
     command = [str(PYTHON), "-m", "pdp.cli", "serve", "--config", str(config)]
