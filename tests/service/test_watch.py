@@ -104,7 +104,9 @@ class Watch:
             request_serializer=apb.WatchRequest.SerializeToString,
             response_deserializer=apb.AuditRecord.FromString,
         )
-        self.stream = watch(request, timeout=60)
+        # A deadline far beyond any test: on a loaded machine the slow-watcher test alone
+        # ran past 60 s, and the fast watcher's stream then ended by deadline mid-test.
+        self.stream = watch(request, timeout=600)
 
     def subscribed(self) -> None:
         """Returns once the server has subscribed this watcher (or raises its error)."""
