@@ -80,7 +80,7 @@ def test_the_readme_file_identity_configuration_serves(tmp_path: Path) -> None:
         assert response.decision_id  # authenticated, allowed to ask, decided
         assert response.reasons[0].policy != "caller_not_bound"
     finally:
-        assert served.stop() == 0
+        served.kill()  # the start is what is tested here (see test_serve_lifecycle for stops)
     assert (state / "policy-versions").is_dir()
     assert list((state / "audit").iterdir())
     assert not (tmp_path / ".pdp-state").exists()
@@ -127,7 +127,7 @@ def test_state_dir_is_accepted_without_dev(tmp_path: Path) -> None:
             f"state directory {state} (policy archive, audit log; from --state-dir)"
         )
     finally:
-        assert served.stop() == 0
+        served.kill()  # the start is what is tested here (see test_serve_lifecycle for stops)
     assert (state / "policy-versions").is_dir() and (state / "audit").is_dir()
     assert not (tmp_path / ".pdp-state").exists()
 
