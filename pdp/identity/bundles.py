@@ -143,8 +143,12 @@ def parse_pem_bundle(data: bytes, source: str = "PEM bundle") -> Certificates:
         return ()
     try:
         return tuple(x509.load_pem_x509_certificates(data))
-    except ValueError as exc:
-        raise BundleError(f"{source}: {exc}") from None
+    except ValueError:
+        # cryptography's message is a Rust parse dump or a FAQ link: say what is wrong.
+        raise BundleError(
+            f"{source}: not a PEM bundle of X.509 certificates (a CERTIFICATE block is"
+            " truncated or does not decode)"
+        ) from None
 
 
 def parse_spiffe_bundle(data: bytes | str, source: str = "SPIFFE bundle") -> Certificates:
@@ -181,9 +185,10 @@ def _x509_authorities(bundle: Any, source: str) -> Certificates:
         try:
             der = base64.b64decode(chain[0], validate=True)
             authorities.append(x509.load_der_x509_certificate(der))
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError):
             raise BundleError(
-                f"{source}: keys[{index}].x5c[0] is not a certificate: {exc}"
+                f"{source}: keys[{index}].x5c[0] is not a base64 DER X.509 certificate"
+                " (SPIFFE Trust Domain and Bundle, section 4.2.2)"
             ) from None
     return tuple(authorities)
 

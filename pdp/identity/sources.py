@@ -84,13 +84,19 @@ class IdentitySnapshot:
         """Validates that the chain, the key and the SPIFFE ID belong together."""
         try:
             chain = x509.load_pem_x509_certificates(cert_chain_pem)
-        except ValueError as exc:
-            raise IdentityError(f"SVID certificate chain is not valid PEM: {exc}") from None
+        except ValueError:
+            raise IdentityError(
+                "SVID certificate chain is not a PEM list of X.509 certificates (a"
+                " CERTIFICATE block is truncated or does not decode)"
+            ) from None
         leaf = chain[0]
         try:
             key = serialization.load_pem_private_key(private_key_pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise IdentityError(f"SVID private key is not a usable PEM key: {exc}") from None
+        except (ValueError, TypeError):
+            raise IdentityError(
+                "SVID private key is not an unencrypted PEM private key (PKCS#8, SEC 1 or"
+                " PKCS#1) of a supported type"
+            ) from None
         if key.public_key() != leaf.public_key():
             raise IdentityError("SVID private key does not match the SVID certificate")
         try:

@@ -16,6 +16,7 @@ from pdp.identity.bundles import (
     BundleError,
     TrustDomainBundles,
     load_bundle_file,
+    parse_pem_bundle,
     parse_spiffe_bundle,
 )
 from pdp.identity.devca import DevCA
@@ -64,8 +65,8 @@ def test_empty_keys_is_a_known_trust_domain_without_authorities() -> None:
         ('{"keys": {}}', '"keys" array'),
         ('{"keys": [1]}', "not an object"),
         ('{"keys": [{"use": "x509-svid", "x5c": "abc"}]}', "list of base64"),
-        ('{"keys": [{"use": "x509-svid", "x5c": ["!!!"]}]}', "not a certificate"),
-        ('{"keys": [{"use": "x509-svid", "x5c": ["AAAA"]}]}', "not a certificate"),
+        ('{"keys": [{"use": "x509-svid", "x5c": ["!!!"]}]}', "not a base64 DER X.509"),
+        ('{"keys": [{"use": "x509-svid", "x5c": ["AAAA"]}]}', "not a base64 DER X.509"),
         ('{"keys": [], "keys": []}', "duplicate key 'keys'"),
         ("[" * 100_000, "invalid JSON"),
     ],
@@ -74,6 +75,23 @@ def test_malformed_spiffe_bundles_are_rejected(document: str, message: str) -> N
     with pytest.raises(BundleError) as info:
         parse_spiffe_bundle(document)
     assert message in str(info.value)
+    assert "ParseError" not in str(info.value)  # no library internals
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        b"-----BEGIN CERTIFICATE-----\nnot base64\n",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ],
+)
+def test_a_garbled_pem_bundle_is_named_without_library_internals(pem: bytes) -> None:
+    with pytest.raises(BundleError) as info:
+        parse_pem_bundle(pem, "partner.pem")
+    message = str(info.value)
+    assert message.startswith("partner.pem: not a PEM bundle of X.509 certificates")
+    for internal in ("ParseError", "cryptography.io", "MalformedFraming", "Tag {"):
+        assert internal not in message
 
 
 def test_bundle_map_loads_each_trust_domain_separately(ca_a: DevCA, ca_b: DevCA) -> None:

@@ -84,6 +84,25 @@ def test_reload_keeps_the_last_good_snapshot(files: Path, ca_a: DevCA) -> None:
         assert source.current() is before
 
 
+def test_unusable_svid_files_are_named_without_library_internals(files: Path) -> None:
+    with _source(files) as source:
+        (files / "svid.pem").write_bytes(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        )
+        with pytest.raises(IdentityError) as info:
+            source.reload()
+        assert "not a PEM list of X.509 certificates" in str(info.value)
+        assert "ParseError" not in str(info.value)
+        (files / "svid.pem").write_bytes(source.current().cert_chain_pem)
+        (files / "svid.key").write_bytes(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        with pytest.raises(IdentityError) as info:
+            source.reload()
+        assert "not an unencrypted PEM private key" in str(info.value)
+        assert "Tag {" not in str(info.value) and "ASN.1" not in str(info.value)
+
+
 def test_a_failing_subscriber_does_not_stop_the_others(files: Path, ca_a: DevCA) -> None:
     seen: list[str] = []
 
