@@ -31,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,11 +112,17 @@ class FixedEngine:
         self.engine = engine
 
 
+# What a call carries, per request: a CheckRequest (decoded or raw bytes), or request
+# data in the JSON shape of ``pdp check``, as a front door with its own wire format
+# (Envoy ext_authz, MCP) maps it. Each goes through the same parser and clock rule.
+CallMessage = pb.CheckRequest | bytes | Mapping[str, JsonValue]
+
+
 @dataclass(frozen=True, slots=True)
 class PendingCall:
     """The requests of one admitted call, waiting to be decided."""
 
-    messages: Sequence[pb.CheckRequest | bytes]
+    messages: Sequence[CallMessage]
     grant: CallerGrant
     method: str
     started_ns: int  # time.perf_counter_ns() when the call reached pdp's code
@@ -227,7 +234,7 @@ class DecisionCore:
     def _evaluate(
         self,
         engine: Engine,
-        messages: Sequence[pb.CheckRequest | bytes],
+        messages: Sequence[CallMessage],
         grants: Sequence[CallerGrant],
         datas: list[dict[str, JsonValue]],
         caller_times: list[str | None],
@@ -245,7 +252,11 @@ class DecisionCore:
                 if isinstance(message, bytes):
                     message = _decode_check_request(message, limits)
                 # The gateway is whoever authenticated, whatever the request claims.
-                request_data(message, limits, into=data, gateway=grant.caller.spiffe_id)
+                if isinstance(message, pb.CheckRequest):
+                    request_data(message, limits, into=data, gateway=grant.caller.spiffe_id)
+                else:  # request data a door mapped from its own wire format (copied)
+                    data.update(message)
+                    data["gateway"] = grant.caller.spiffe_id
                 caller_times[index] = at_server_clock(data)
                 request = parse_request(data, now=now, limits=limits)
             except RequestError as exc:
@@ -281,7 +292,7 @@ class DecisionCore:
 
     def _rejected(
         self,
-        message: pb.CheckRequest | bytes,
+        message: CallMessage,
         error: RequestError,
         data: dict[str, JsonValue],
         grant: CallerGrant,
@@ -292,7 +303,14 @@ class DecisionCore:
         limit (decoding stops at the first limit: pdp.service.convert). Beyond the
         caller's record budget only who asked about what is kept. Hashing the body
         costs about what decoding it did."""
-        body = message if isinstance(message, bytes) else message.SerializeToString()
+        if isinstance(message, bytes):
+            body = message
+        elif isinstance(message, pb.CheckRequest):
+            body = message.SerializeToString()
+        else:  # a door's request data: its JSON encoding stands for the body
+            body = json.dumps(message, sort_keys=True, default=repr).encode(
+                "utf-8", "surrogatepass"
+            )
         excerpt = error.excerpt if isinstance(error, OversizeRequest) else ""
         detail = min(len(body), _MAX_KEPT_DETAIL) + len(excerpt)
         kept = self._record_budget is None or self._record_budget.allow(

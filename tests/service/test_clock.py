@@ -3,6 +3,7 @@ decision (and kept apart in the record), over the real gRPC server."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,20 @@ from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit import Audit, AuditConfig, FileSinkConfig
 from pdp.audit.service_sink import AuditDecisionSink
 from pdp.engine import Engine, load_policies
-from pdp.model import format_time
+from pdp.identity.spiffe_id import SpiffeIdPattern
+from pdp.model import Caller, format_time
+from pdp.service.gate import CallerGrant
+from pdp.service.servicer import DecisionCore, FixedEngine, PendingCall
 from tests.audit.helpers import log_lines
 from tests.conftest import PolicyDirFactory
 
-from .conftest import ClientFactory, RecordingSink, ServerFactory, example_request
+from .conftest import (
+    GATEWAY_ID,
+    ClientFactory,
+    RecordingSink,
+    ServerFactory,
+    example_request,
+)
 
 INTENT = {"purpose": "support.triage", "tools": ["crm/get_ticket"]}
 
@@ -102,3 +112,30 @@ def test_the_record_keeps_the_sent_time_apart_from_the_time_decided_at(
     decided_at = datetime.fromisoformat(record["request"]["time"].replace("Z", "+00:00"))
     assert abs(decided_at - datetime.now(UTC)) < timedelta(minutes=5)
     assert record["decision"] == "deny"
+
+
+def test_a_front_door_handing_request_data_decides_at_the_server_clock(engine: Engine) -> None:
+    # A door with its own wire format (Envoy ext_authz, MCP) hands DecisionCore request
+    # data in the JSON shape of `pdp check`: the same clock rule applies to it.
+    sink = RecordingSink()
+    core = DecisionCore(FixedEngine(engine), sink, new_id=lambda: "door-1")
+    data = _backdated(timedelta(hours=1), timedelta(days=30))
+    grant = CallerGrant(
+        Caller(GATEWAY_ID, "1", "pdp.test"), (SpiffeIdPattern("spiffe://acme.test/agent/*"),)
+    )
+    sent = dict(data)
+    ((response,),) = core.decide_calls(
+        [PendingCall((data,), grant, "/door/Check", time.perf_counter_ns(), None)]
+    )
+    assert response.decision == pb.DECISION_DENY
+    assert [r.policy for r in response.reasons] == ["floor.intent_expired"]
+    assert data == sent  # the door's data is not changed
+    (event,) = sink.decisions
+    assert event.caller_time == data["time"] and event.data["gateway"] == GATEWAY_ID
+    # Data that breaks a rule is an invalid_request deny like a bad CheckRequest.
+    broken = {**data, "agent": "not-a-spiffe-id"}
+    ((response,),) = core.decide_calls(
+        [PendingCall((broken,), grant, "/door/Check", time.perf_counter_ns(), None)]
+    )
+    assert [r.policy for r in response.reasons] == ["invalid_request"]
+    assert sink.decisions[-1].caller_time == data["time"]
