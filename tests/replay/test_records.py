@@ -166,3 +166,27 @@ def test_oversized_and_blank_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (f"{path}:4", b'{"b":2}'),
         (f"{path}:5", None),
     ]
+
+
+def test_a_record_whose_body_was_not_kept_replays_as_invalid(synthesized: Synthesized) -> None:
+    # The service refused the request for breaking a limit and kept bounded facts only:
+    # the request as logged may parse now (it lacks the oversized field), so replay must
+    # meet the refusal again instead of deciding a request that was never sent.
+    from pdp.engine import Engine, load_policies
+    from pdp.replay.redecide import redecide
+    from tests.service.conftest import POLICIES
+
+    record = synthesized.decisions[0]
+    facts = {
+        "bytes": 3_188_954,
+        "sha256": "a" * 64,
+        "field": "arguments",
+        "rule": "too_large",
+        "excerpt": "{k0, k1",
+        "detail_kept": True,
+    }
+    request = {k: v for k, v in record["request"].items() if k != "arguments"}
+    item = read_record("f:3", line({**record, "request": request, "rejected": facts}))
+    assert isinstance(item, RecordedDecision)
+    (decision,) = redecide(Engine(load_policies(POLICIES)), [item])
+    assert [r.policy for r in decision.reasons] == ["invalid_request"]
