@@ -133,10 +133,28 @@ class PdpGuard:
     SPIFFE ID from the request context (see the module docstring).
     """
 
-    def __init__(self, client: AsyncClient, *, server: str, agent: AgentOf) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        server: str,
+        agent: AgentOf,
+        agent_svid: AgentOf | None = None,
+    ) -> None:
         self.client = client
         self.server = server
         self._agent = agent
+        self._agent_svid = agent_svid
+
+    def _proof_of(self, ctx: Any) -> str:
+        """The agent's JWT-SVID for pdp, forwarded where pdp requires proof of the agent
+        (``agent_svid=``, e.g. :func:`agent_from_header` on the header that carries it)."""
+        if self._agent_svid is None:
+            return ""
+        try:
+            return self._agent_svid(ctx) or ""
+        except Exception:  # an unreadable proof is no proof
+            return ""
 
     async def __call__(self, ctx: Any, call_next: CallNext) -> Any:
         if ctx.method == "tools/call":
@@ -177,8 +195,12 @@ class PdpGuard:
             return _Denial((Reason(REASON_INVALID_REQUEST, detail),), "", "")
         if mapped.request is None:  # a method rule, not the policies, decides: never here
             return _Denial((Reason(REASON_INVALID_REQUEST, "not a tool call"),), "", "")
+        request = dict(mapped.request)
+        proof = self._proof_of(ctx)
+        if proof:
+            request["agent_svid"] = proof
         try:
-            result: CheckResult = await self.client.check(mapped.request)
+            result: CheckResult = await self.client.check(request)
         except Exception as exc:  # e.g. a request pdp.v1 cannot encode: never run the tool
             return _Denial((Reason(REASON_INVALID_REQUEST, str(exc)),), "", "")
         if result.allowed:
@@ -215,6 +237,7 @@ class PdpGuard:
                 self.server,
                 intent=intent if isinstance(intent, Mapping) else None,
                 session=http.header(SESSION_HEADER) or "",
+                agent_svid=self._proof_of(ctx),
             )
         except Exception:  # e.g. an intent pdp.v1 cannot encode
             return frozenset()

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -334,3 +334,56 @@ def test_lists_after_tools_list_changed_are_filtered_too(
         served.stop()
     assert before == ["get_ticket"]
     assert after == ["get_ticket", "search_tickets"]  # delete_ticket stays hidden
+
+
+def test_proof_of_the_agent_is_forwarded_where_pdp_requires_it(
+    make_server: Callable[..., DecisionServer],
+    gateway_identity: ClientIdentity,
+    tmp_path: Path,
+) -> None:
+    """pdp requires a JWT-SVID of support agents: the guard forwards the one the gateway
+    put in a header; without it nothing is listed and nothing runs."""
+    from joserfc.jwk import ECKey
+
+    from pdp.proof import ProofConfig, Requirement
+    from pdp.proof.sign import sign_token
+
+    key = ECKey.generate_key("P-256", parameters={"kid": "acme-jwt-1"})
+    bundle = tmp_path / "acme.jwt.json"
+    bundle.write_text(json.dumps({"keys": [{**key.as_dict(private=False), "use": "jwt-svid"}]}))
+    proof = ProofConfig(
+        jwt_bundles={"acme.test": bundle},
+        require_agent_proof=Requirement(groups=("support",)),
+        key_check_interval_s=0,
+    )
+    pdp_server = make_server(proof=proof)
+    issued = int(time.time())
+    svid = sign_token(
+        {"sub": SUPPORT, "aud": ["spiffe://pdp.test/pdp"], "iat": issued, "exp": issued + 300},
+        key,
+    )
+    calls: Counter[str] = Counter()
+    pdp = AsyncClient(pdp_server.address, gateway_identity, timeout=2)
+    guard = PdpGuard(pdp, server="crm", agent=agent_from_header(),
+                     agent_svid=agent_from_header("x-pdp-agent-svid"))  # fmt: skip
+    served = Served(crm_server(calls, guard))
+
+    async def scenario(headers: dict[str, str]) -> tuple[list[str], Any]:
+        http = httpx2.AsyncClient(
+            headers={"x-pdp-agent": SUPPORT, INTENT_HEADER: json.dumps(INTENT), **headers},
+            timeout=30,
+        )
+        async with Client(streamable_http_client(served.url, http_client=http)) as agent:
+            listed = await agent.list_tools()
+            called = await agent.call_tool("get_ticket", {"ticket_id": "T-1"})
+            return sorted(t.name for t in listed.tools), called
+
+    try:
+        unproven_names, unproven = run(scenario({}))
+        names, proven = run(scenario({"x-pdp-agent-svid": svid}))
+    finally:
+        served.stop()
+    assert unproven_names == [] and unproven.is_error
+    assert unproven.meta[DECISION_META_KEY]["reasons"][0]["policy"] == "agent_unproven"
+    assert "get_ticket" in names and not proven.is_error
+    assert calls == Counter({"get_ticket": 1})
