@@ -20,6 +20,10 @@ class ToolCall:
     ``arguments`` must be JSON data (numbers integral: Cedar has no floats). The
     caller's own SPIFFE ID is what pdp records as the gateway; it must be allowed to
     ask about ``agent`` (the server's ``callers`` configuration).
+
+    ``intent_token`` is a signed intent (compact JWS) instead of ``intent``;
+    ``agent_svid`` the agent's JWT-SVID for pdp's audience (README: "Signed intents
+    and proof of the agent"). Both are credentials: they are left out of ``repr``.
     """
 
     agent: str
@@ -28,8 +32,8 @@ class ToolCall:
     arguments: Mapping[str, JsonValue] = field(default_factory=dict)
     intent: Intent | None = None
     session: str = ""
-    intent_token: str = ""  # a signed intent (compact JWS) instead of ``intent``
-    agent_svid: str = ""  # the agent's JWT-SVID for pdp, as proof that it takes part
+    intent_token: str = field(default="", repr=False)
+    agent_svid: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +84,17 @@ def check_request(request: ToolCall | Mapping[str, Any]) -> pb.CheckRequest:
         message.arguments.update(dict(request.arguments))
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"arguments are not JSON data: {exc}") from None
+    if request.intent is not None and request.intent_token:
+        raise InvalidRequestError("send intent or intent_token (a signed intent), not both")
+    if request.intent_token:
+        message.intent.token = request.intent_token
+    if request.agent_svid:
+        message.agent_svid = request.agent_svid
     if request.intent is not None:
         message.intent.purpose = request.intent.purpose
         message.intent.tools.extend(request.intent.tools)
         if request.intent.expires_at is not None:
             message.intent.expires_at.FromDatetime(request.intent.expires_at)
-    if request.intent_token:
-        message.intent.token = request.intent_token
-    message.agent_svid = request.agent_svid
     return message
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +66,7 @@ REASON_CODES = frozenset(
     | {INTENT_PREFIX + c for c in CHECKS}
     | {AGENT_SVID_PREFIX + c for c in CHECKS}
 )
+_MAX_VERIFIED_SVIDS = 4096
 _SVID_HEADERS = frozenset({"alg", "kid", "typ"})
 _MAX_JTI_BYTES = 256
 
@@ -117,6 +120,12 @@ class Prover:
         self._bundles = jwt_bundles
         self._limits = limits
         self.jtis = JtiCache(config.max_remembered_jtis)
+        # JWT-SVIDs verified, by the token's SHA-256 -> the key set that verified it. An
+        # agent sends the same JWT-SVID with many calls; its signature is checked once
+        # per key set (a reloaded or rotated bundle is a new set: checked again). Claims
+        # (exp, aud, sub) are checked at every decision all the same.
+        self._svid_signatures: OrderedDict[str, Keys] = OrderedDict()
+        self._svid_lock = threading.Lock()
 
     @classmethod
     def unconfigured(cls) -> Prover:
@@ -308,10 +317,21 @@ class Prover:
             raise TokenRejected(
                 "unknown_trust_domain", f"no JWT bundle for trust domain {spiffe_id.trust_domain}"
             )
-        verify_signature(token, keys)
+        self._verify_svid_signature(token, keys)
         self._times(token.claims, now)
         self._check_audience(token.claims)
         return spiffe_id.trust_domain
+
+    def _verify_svid_signature(self, token: UnverifiedToken, keys: Keys) -> None:
+        with self._svid_lock:
+            if self._svid_signatures.get(token.sha256) is keys:
+                self._svid_signatures.move_to_end(token.sha256)
+                return
+        verify_signature(token, keys)
+        with self._svid_lock:
+            self._svid_signatures[token.sha256] = keys
+            if len(self._svid_signatures) > _MAX_VERIFIED_SVIDS:
+                self._svid_signatures.popitem(last=False)
 
     # -- shared claim checks ------------------------------------------------------
 

@@ -53,7 +53,7 @@ from pdp.identity.sources import (
 )
 from pdp.proof import Prover
 from pdp.proof.bundles import open_jwt_bundles
-from pdp.proof.keys import KeyFiles
+from pdp.proof.keys import KeyFileError, KeyFiles
 from pdp.service.admission import CallerSlots, RecordBudget, RefusalCounts
 from pdp.service.cipher_suites import (
     CIPHER_SUITES_ENV,
@@ -148,24 +148,30 @@ def _reload_interval(config: IdentityConfig) -> float | None:
 
 def build_prover(config: ServiceConfig, identity: IdentitySource) -> Prover:
     """The verifier of signed intents and JWT-SVIDs for ``config.proof``; the audience
-    defaults to the server's own SPIFFE ID (as it is now, after rotations)."""
+    defaults to the server's own SPIFFE ID (as it is now, after rotations). A key file
+    that cannot be used at start is a ConfigError naming it."""
     proof = config.proof
-    issuers = KeyFiles(
-        {issuer.issuer: issuer.jwks for issuer in proof.intent_issuers},
-        check_interval_s=proof.key_check_interval_s,
-    )
     # The Workload API's JWT bundles when the server's own identity comes from it.
     from_api = isinstance(identity, WorkloadApiSource)
     timeout = (
         config.identity.timeout_s if isinstance(config.identity, WorkloadApiIdentity) else 10.0
     )
-    bundles = open_jwt_bundles(
-        proof.jwt_bundles,
-        workload_api_socket=identity.socket if isinstance(identity, WorkloadApiSource) else None,
-        use_workload_api=from_api,
-        check_interval_s=proof.key_check_interval_s,
-        timeout=timeout,
-    )
+    try:
+        issuers = KeyFiles(
+            {issuer.issuer: issuer.jwks for issuer in proof.intent_issuers},
+            check_interval_s=proof.key_check_interval_s,
+        )
+        bundles = open_jwt_bundles(
+            proof.jwt_bundles,
+            workload_api_socket=identity.socket
+            if isinstance(identity, WorkloadApiSource)
+            else None,
+            use_workload_api=from_api,
+            check_interval_s=proof.key_check_interval_s,
+            timeout=timeout,
+        )
+    except KeyFileError as exc:
+        raise ConfigError(f"proof: {exc}") from None
     return Prover(
         proof,
         audience=lambda: identity.current().spiffe_id,

@@ -340,3 +340,48 @@ def test_files_are_reread_for_new_connections(
         assert identity.tls_context() is not first
         with Client(server.address, identity) as pdp:
             assert pdp.check(example_request("support-get-ticket")).allowed
+
+
+def test_a_tool_call_with_a_signed_intent_and_the_agents_jwt_svid(
+    make_server: Callable[..., DecisionServer], gateway_identity: ClientIdentity, tmp_path: Path
+) -> None:
+    from joserfc.jwk import ECKey
+
+    from pdp.client import InvalidRequestError
+    from pdp.proof import IntentIssuer, ProofConfig
+    from pdp.proof.sign import intent_claims, sign_token
+
+    issuer_key = ECKey.generate_key("P-256", parameters={"kid": "i-1"})
+    agent_key = ECKey.generate_key("P-256", parameters={"kid": "a-1"})
+    (tmp_path / "issuer.json").write_text(json.dumps({"keys": [issuer_key.as_dict(private=False)]}))
+    (tmp_path / "acme.json").write_text(
+        json.dumps({"keys": [{**agent_key.as_dict(private=False), "use": "jwt-svid"}]})
+    )
+    server = make_server(
+        proof=ProofConfig(
+            intent_issuers=(IntentIssuer("https://approvals.acme.test", tmp_path / "issuer.json"),),
+            jwt_bundles={"acme.test": tmp_path / "acme.json"},
+        )
+    )
+    now = datetime.now(UTC)
+    token = sign_token(
+        intent_claims(
+            issuer="https://approvals.acme.test", agent=AGENT, audience=SERVER_ID,
+            purpose="support.triage", tools=["crm/get_ticket"], now=now,
+        ),
+        issuer_key,
+    )  # fmt: skip
+    svid = sign_token(
+        {"sub": AGENT, "aud": SERVER_ID, "exp": int(now.timestamp()) + 300}, agent_key
+    )
+    call = ToolCall(AGENT, "crm", "get_ticket", {"ticket_id": "T-1"}, intent_token=token,
+                    agent_svid=svid)  # fmt: skip
+    assert token not in repr(call) and svid not in repr(call)
+    with Client(server.address, gateway_identity) as pdp:
+        assert pdp.check(call).allowed
+        replayed = pdp.check(call)
+        assert [r.policy for r in replayed.reasons] == ["intent_replayed"]
+        with pytest.raises(InvalidRequestError):
+            pdp.check(
+                ToolCall(AGENT, "crm", "get_ticket", {}, GET_TICKET.intent, intent_token=token)
+            )

@@ -6,7 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +196,26 @@ def test_jwt_bundles_from_files(tmp_path: Path) -> None:
     prover = make_prover(FileJwtBundles({"acme.test": path}, check_interval_s=0))
     assert prover.prove(request(svid()), now())[1] is None
     assert denial(prover, sign_token(svid_claims(), EVIL_KEY)) == "agent_svid_unknown_key"
+
+
+def test_a_verified_jwt_svid_is_checked_again_when_its_bundle_changes(tmp_path: Path) -> None:
+    path = tmp_path / "acme.jwt.json"
+
+    def publish(*keys: Any) -> None:
+        path.write_text(
+            json.dumps({"keys": [{**k.as_dict(private=False), "use": "jwt-svid"} for k in keys]})
+        )
+
+    publish(ACME_KEY)
+    prover = make_prover(FileJwtBundles({"acme.test": path}, check_interval_s=0))
+    token = svid()
+    assert prover.prove(request(token), now())[1] is None
+    assert prover.prove(request(token), now())[1] is None  # the same token again
+    publish(ACME_RSA)  # acme-1 revoked
+    assert denial(prover, token) == "agent_svid_unknown_key"
+    # Claims are checked at every decision even for a token verified before.
+    publish(ACME_KEY)
+    short = svid(exp=int(now().timestamp()) + 1)
+    assert prover.prove(request(short), now())[1] is None
+    _, denied = prover.prove(request(short), now() + timedelta(seconds=120))
+    assert denied is not None and denied.code == "agent_svid_expired"

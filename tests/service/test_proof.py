@@ -247,3 +247,21 @@ def test_allowed_tools_verifies_a_signed_intent_without_spending_it(
         answer = pdp.check(payment(token, agent_svid()))
     identity.close()
     assert answer.allowed, answer  # the listings did not spend the intent
+
+
+def test_an_unusable_key_file_stops_the_server_with_a_config_error(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    from pdp.service.config import ConfigError
+
+    missing = tmp_path / "missing.jwks.json"
+    with pytest.raises(ConfigError, match=r"missing\.jwks\.json"):
+        make_server(proof=ProofConfig(intent_issuers=(IntentIssuer(ISSUER, missing),)))
+    private = tmp_path / "private.jwks.json"
+    private.write_text(json.dumps({"keys": [ISSUER_KEY.as_dict(private=True)]}))
+    with pytest.raises(ConfigError, match="private key"):
+        make_server(proof=ProofConfig(intent_issuers=(IntentIssuer(ISSUER, private),)))
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text("{}")
+    with pytest.raises(ConfigError, match="JWK Set"):
+        make_server(proof=ProofConfig(jwt_bundles={"acme.test": bundle}))
