@@ -82,6 +82,13 @@ json_values = st.recursive(
     max_leaves=20,
 )
 
+# What JSON text can hold (string keys only): token headers and claims, MCP bodies.
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=20,
+)
+
 # Values that break some rule wherever they land in a request.
 hostile = json_values | st.sampled_from(
     [

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pdp.mcp.mapping import HttpRequest
 from tests.fuzz import targets
-from tests.fuzz.strategies import hostile, json_values, requests
+from tests.fuzz.strategies import hostile, json_documents, requests
 
 header_names = st.sampled_from(
     [
@@ -40,7 +40,7 @@ def test_arbitrary_bodies(raw: bytes) -> None:
     targets.mcp_body(raw)
 
 
-@given(json_values, st.lists(st.tuples(header_names, st.text(max_size=40)), max_size=4))
+@given(json_documents, st.lists(st.tuples(header_names, st.text(max_size=40)), max_size=4))
 def test_any_json_body_with_any_decision_headers(body: Any, headers: list[tuple[str, str]]) -> None:
     raw = json.dumps(body).encode()
     targets.check_mcp_http(HttpRequest.build("POST", [*targets.MCP_HEADERS.items(), *headers], raw))

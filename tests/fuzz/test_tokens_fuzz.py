@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz import targets
-from tests.fuzz.strategies import json_values
+from tests.fuzz.strategies import json_documents
 
 b64_alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 segments = st.text(alphabet=b64_alphabet, max_size=60)
@@ -30,7 +30,7 @@ def test_any_text_as_a_signed_intent_or_a_jwt_svid(text: str) -> None:
     targets.check_agent_svid(text)
 
 
-@given(json_values, json_values, segments)
+@given(json_documents, json_documents, segments)
 def test_any_header_and_claims(header: Any, claims: Any, signature: str) -> None:
     token = f"{b64(header)}.{b64(claims)}.{signature}"
     targets.check_intent_token(token)
@@ -49,7 +49,7 @@ def test_a_valid_token_with_characters_changed(kind: str, data: st.DataObject) -
     check(mutated, original)
 
 
-@given(st.sampled_from(["intent", "svid"]), st.dictionaries(st.text(max_size=8), json_values))
+@given(st.sampled_from(["intent", "svid"]), st.dictionaries(st.text(max_size=8), json_documents))
 def test_validly_signed_tokens_with_any_extra_claims(kind: str, extra: dict[str, Any]) -> None:
     """What an issuer's key signs is still checked: hostile claim values never crash."""
     if kind == "intent":
