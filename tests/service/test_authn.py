@@ -114,6 +114,11 @@ UNAUTHENTICATED: dict[str, tuple[Forge, str]] = {
         lambda pki: pki.svid(GATEWAY_ID, ca=True, key_usage={"digital_signature", "key_cert_sign"}),
         "CA certificate",
     ),
+    "non-critical keyUsage": (
+        # X509-SVID section 4.3: keyUsage must be critical; TLS libraries do not care.
+        lambda pki: pki.svid(GATEWAY_ID, key_usage_critical=False),
+        "keyUsage extension is not critical",
+    ),
 }
 
 
