@@ -232,7 +232,22 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 def cmd_schema_from_mcp(args: argparse.Namespace) -> int:
     from pdp.schemagen import SchemaGenError, from_mcp
 
-    document = read_json_input(args.tools_list)
+    if (args.tools_list is None) == (args.connect is None):
+        _fail("give TOOLS_LIST.json or --connect URL|COMMAND (one of them)")
+    if args.connect is not None:
+        from pdp.toolpin import CaptureError, capture_tools
+
+        try:
+            document = capture_tools(args.connect, timeout=args.timeout)
+        except CaptureError as exc:
+            _fail(f"cannot list the tools of {exc}")
+        if args.save:
+            try:
+                Path(args.save).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
+            except OSError as exc:
+                _fail(f"cannot write {args.save}: {exc}")
+    else:
+        document = read_json_input(args.tools_list)
     try:
         schema_text, inventory = from_mcp(document, args.server)
     except SchemaGenError as exc:
@@ -242,6 +257,22 @@ def cmd_schema_from_mcp(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(schema_text)
     return EXIT_OK
+
+
+def cmd_inventory_diff(args: argparse.Namespace) -> int:
+    """Exit 0: the same tools; 1: something was added, removed or changed."""
+    from pdp.schemagen import SchemaGenError
+    from pdp.toolpin import diff_tools
+
+    try:
+        diff = diff_tools(read_json_input(args.old), read_json_input(args.new))
+    except SchemaGenError as exc:
+        _fail(str(exc))
+    if args.json:
+        print_json(diff.to_json())
+    else:
+        print(diff.text())
+    return EXIT_OK if diff.empty else EXIT_DENY
 
 
 def cmd_access(args: argparse.Namespace) -> int:
@@ -439,12 +470,32 @@ def build_parser() -> argparse.ArgumentParser:
     q = schema_sub.add_parser(
         "from-mcp", help="Cedar action declarations from an MCP tools/list result"
     )
-    q.add_argument("tools_list", metavar="TOOLS_LIST.json")
+    q.add_argument("tools_list", metavar="TOOLS_LIST.json", nargs="?")
     q.add_argument("--server", required=True, help="the MCP server's name in the inventory")
     q.add_argument(
-        "--inventory", action="store_true", help="print the entities.json fragment instead"
+        "--inventory",
+        action="store_true",
+        help="print the entities.json fragment instead (input schemas and pinned digests)",
     )
+    q.add_argument(
+        "--connect",
+        metavar="URL|COMMAND",
+        help="list the tools of a live MCP server: a streamable HTTP URL, or a command"
+        " started as a stdio server (instead of TOOLS_LIST.json)",
+    )
+    q.add_argument("--save", metavar="FILE", help="with --connect: also keep the tools/list")
+    q.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     q.set_defaults(handler=cmd_schema_from_mcp)
+
+    p = sub.add_parser("inventory", help="inventory helpers")
+    inventory_sub = p.add_subparsers(dest="inventory_command", required=True, metavar="SUBCOMMAND")
+    q = inventory_sub.add_parser(
+        "diff", help="tools added, removed and changed between two tools/list snapshots"
+    )
+    q.add_argument("old", metavar="OLD.json")
+    q.add_argument("new", metavar="NEW.json")
+    q.add_argument("--json", action="store_true", help="JSON instead of text")
+    q.set_defaults(handler=cmd_inventory_diff)
 
     p = sub.add_parser("serve", help="run the mTLS gRPC decision service")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML service configuration")

@@ -9,6 +9,7 @@ size, depth and name is bounded here, before anything reaches Cedar.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -141,6 +142,9 @@ class Request:
     intent_token: str = field(default="", repr=False)
     agent_svid: str = field(default="", repr=False)
     proof: Proof = NO_PROOF
+    # sha256:<hex> of what the MCP server advertises for the tool now (tool_digest()),
+    # sent by a front door that saw tools/list; "" when it did not.
+    tool_digest: str = ""
 
     def to_json(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = {
@@ -155,6 +159,8 @@ class Request:
             out["session"] = self.session
         if self.gateway:
             out["gateway"] = self.gateway
+        if self.tool_digest:
+            out["tool_digest"] = self.tool_digest
         out["time"] = format_time(self.time)
         if self.proof != NO_PROOF:
             out["proof"] = self.proof.to_json()
@@ -251,6 +257,7 @@ class ToolListing:
 # Built-in reason codes that do not come from a policy file.
 REASON_INVALID_REQUEST = "invalid_request"
 REASON_INVALID_ARGUMENTS = "invalid_arguments"  # arguments outside the tool's input schema
+REASON_TOOL_CHANGED = "tool_changed"  # the tool's description or schema is not the pinned one
 REASON_DEFAULT_DENY = "default_deny"
 REASON_UNKNOWN_TOOL = "unknown_tool"
 REASON_EVALUATION_ERROR = "evaluation_error"
@@ -450,7 +457,18 @@ def parse_intent(value: JsonValue, limits: Limits = DEFAULT_LIMITS) -> Intent:
 
 
 _REQUEST_FIELDS = frozenset(
-    {"agent", "server", "tool", "arguments", "intent", "session", "gateway", "time", "agent_svid"}
+    {
+        "agent",
+        "server",
+        "tool",
+        "arguments",
+        "intent",
+        "session",
+        "gateway",
+        "time",
+        "agent_svid",
+        "tool_digest",
+    }
 )
 # Bounds what a request can carry as a token before pdp.proof looks at it; pdp.proof's
 # own (smaller, configurable) limit is the one that denies with ``*_too_large``.
@@ -552,6 +570,7 @@ def parse_request(
     intent, intent_token = _intent_field(data.get("intent"), limits)
     agent_svid = _token("agent_svid", data["agent_svid"]) if "agent_svid" in data else ""
     proof = _recorded_proof(data["proof"]) if "proof" in data else NO_PROOF
+    tool_digest = _tool_digest(data["tool_digest"]) if data.get("tool_digest") else ""
     session = _string("session", data.get("session", ""), limits.max_name_bytes)
     gateway_value = data.get("gateway", "")
     gateway = _spiffe("gateway", gateway_value) if gateway_value else ""
@@ -568,4 +587,40 @@ def parse_request(
         intent_token=intent_token,
         agent_svid=agent_svid,
         proof=proof,
+        tool_digest=tool_digest,
     )
+
+
+# --- tool pinning ---------------------------------------------------------------------
+
+_DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
+
+
+def tool_digest(description: object, input_schema: object) -> str:
+    """``sha256:<hex>`` of a tool's description and input schema as an MCP server lists
+    them (``tools/list``: ``description``, ``inputSchema``), over canonical JSON (keys
+    sorted, no whitespace, UTF-8), so any change to either, however small, changes it.
+    A missing description counts as ``""``, a missing schema as ``null``."""
+    canonical = json.dumps(
+        {
+            "description": description if description is not None else "",
+            "inputSchema": input_schema,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def is_tool_digest(value: object) -> bool:
+    return isinstance(value, str) and _DIGEST_RE.match(value) is not None
+
+
+def _tool_digest(value: JsonValue) -> str:
+    if not is_tool_digest(value):
+        raise RequestError(
+            "tool_digest", "format", "must be sha256: and 64 lowercase hex digits (tool_digest())"
+        )
+    assert isinstance(value, str)
+    return value

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pdp.cli import main
+from pdp.model import tool_digest
 from tests.conftest import EXAMPLE_POLICIES, READ_POLICY, PolicyDirFactory
 
 REQUESTS = EXAMPLE_POLICIES / "examples" / "requests"
@@ -208,9 +209,11 @@ def test_schema_from_mcp(
         capsys, "schema", "from-mcp", str(source), "--server", "github", "--inventory"
     )
     inventory = json.loads(out)
+    close_issue = tools["result"]["tools"][1]
     assert inventory["servers"]["github"]["tools"]["close_issue"] == {
         "groups": ["destructive"],
-        "input_schema": tools["result"]["tools"][1]["inputSchema"],
+        "input_schema": close_issue["inputSchema"],
+        "digest": tool_digest(close_issue.get("description"), close_issue["inputSchema"]),
     }
 
     # The generated declarations are a valid schema in the pdp model, usable by a policy.

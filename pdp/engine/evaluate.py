@@ -34,6 +34,7 @@ from pdp.model import (
     REASON_EVALUATION_ERROR,
     REASON_INVALID_ARGUMENTS,
     REASON_INVALID_REQUEST,
+    REASON_TOOL_CHANGED,
     Decision,
     Effect,
     JsonValue,
@@ -261,8 +262,17 @@ class Engine:
         groups: dict[int, tuple[PolicySubset, list[int]]] = {}
         answers: list[Decision | None] = [None] * len(requests)
         arguments = self._arguments
+        pins = self.compiled.inventory.digests
         try:
             for position, request in enumerate(requests):
+                # The tool_changed floor rule: a tool whose description or input schema
+                # is not the one approved (pinned in the inventory) is denied until the
+                # inventory is updated; the front door reports what the server lists now.
+                if request.tool_digest:
+                    pinned = pins.get((request.server, request.tool))
+                    if pinned is not None and pinned != request.tool_digest:
+                        answers[position] = self._tool_changed(request, pinned)
+                        continue
                 # The invalid_arguments floor rule: arguments outside the tool's declared
                 # input are denied before any policy sees them (an unknown tool has no
                 # schema here and meets the unknown_tool floor policy instead).
@@ -321,6 +331,15 @@ class Engine:
         except RequestError as exc:
             return self.invalid(exc)
         return self.decide(request)
+
+    def _tool_changed(self, request: Request, pinned: str) -> Decision:
+        ref = f"{request.server}/{request.tool}"
+        message = (
+            f"tool {ref} changed since it was approved: the server lists description and"
+            f" input schema {request.tool_digest[:19]}…, the inventory pins {pinned[:19]}…;"
+            " review the change (pdp inventory diff) and re-approve it in the inventory"
+        )
+        return Decision(Effect.DENY, (Reason(REASON_TOOL_CHANGED, message),), self.version)
 
     def _invalid_arguments(self, violations: Sequence[Violation]) -> Decision:
         reasons = tuple(Reason(REASON_INVALID_ARGUMENTS, v.message()) for v in violations)

@@ -33,13 +33,15 @@ Every tool declares ``input_schema``, the JSON Schema of its arguments (MCP
 ``tools/list`` ``inputSchema``), compiled here once (pdp.engine.arguments); the
 optional ``arguments`` settings, per tool over the top-level ones, relax how
 strictly calls are held to it. Tool entries are objects so that more per-tool
-data can join them.
+data can join them: ``digest`` pins the tool (``sha256:`` of its description and input
+schema, :func:`pdp.model.tool_digest`, recorded by ``pdp schema from-mcp --inventory``);
+a request whose ``tool_digest`` differs is denied ``tool_changed``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from pdp.engine.arguments import (
 )
 from pdp.engine.source import Diagnostic
 from pdp.identity.spiffe_id import InvalidSpiffeId, parse_spiffe_id
-from pdp.model import DEFAULT_LIMITS, RequestError, check_name
+from pdp.model import DEFAULT_LIMITS, RequestError, check_name, is_tool_digest
 
 INVENTORY_FILE = "entities.json"
 _TOP_LEVEL = frozenset({"agent_groups", "agents", "servers", "arguments"})
@@ -66,6 +68,8 @@ class Inventory:
     tools: frozenset[tuple[str, str]]  # (server, tool)
     tool_groups: dict[tuple[str, str], frozenset[str]]  # declared action groups per tool
     arguments: dict[tuple[str, str], ToolArguments]  # compiled input schema per tool
+    # Pinned tool_digest() of description + input schema, per tool that records one.
+    digests: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class InventoryError(ValueError):
@@ -202,6 +206,7 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
         servers = {}
     known: set[tuple[str, str]] = set()
     tool_groups: dict[tuple[str, str], frozenset[str]] = {}
+    digests: dict[tuple[str, str], str] = {}
     for server, spec in sorted(servers.items()):
         try:
             check_name("server", server, DEFAULT_LIMITS)
@@ -233,6 +238,14 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
             known.add((server, tool))
             tool_groups[(server, tool)] = frozenset(declared)
             where = f"servers.{server}.tools.{tool}"
+            if "digest" in tool_spec:
+                if not is_tool_digest(tool_spec["digest"]):
+                    problem(
+                        f"{where}.digest: must be sha256: and 64 lowercase hex digits (as"
+                        " `pdp schema from-mcp --inventory` records it)"
+                    )
+                else:
+                    digests[(server, tool)] = tool_spec["digest"]
             if "input_schema" not in tool_spec:
                 problem(
                     f"{where}: no input_schema (the JSON Schema of its arguments; capture it"
@@ -266,4 +279,5 @@ def load_inventory(path: Path, display_name: str) -> Inventory:
         tools=frozenset(known),
         tool_groups=tool_groups,
         arguments=arguments,
+        digests=digests,
     )

@@ -216,6 +216,8 @@ def request_data(
         data["agent_svid"] = _bounded_string(
             "agent_svid", message.agent_svid, MAX_TOKEN_FIELD_BYTES
         )
+    if message.tool_digest:
+        data["tool_digest"] = _bounded_string("tool_digest", message.tool_digest, 128)
     if message.HasField("intent"):
         intent = message.intent
         if len(intent.tools) > limits.max_intent_tools:

@@ -27,35 +27,35 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x06Intent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x04 \x01(\t\"\xe7\x01\n\x0c\x43heckRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nagent_svid\x18\t \x01(\t\")\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\";\n\x11\x43heckBatchRequest\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.pdp.v1.CheckRequest\">\n\x12\x43heckBatchResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse\"y\n\x13\x41llowedToolsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x1e\n\x06intent\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x12\n\nagent_svid\x18\x05 \x01(\t\"p\n\x0bToolVerdict\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\"\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x12.pdp.v1.ToolAnswer\x12\x1f\n\x07reasons\x18\x03 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x0e\n\x06\x65rrors\x18\x04 \x03(\t\"\x88\x01\n\x14\x41llowedToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pdp.v1.ToolVerdict\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x1f\n\x07reasons\x18\x04 \x03(\x0b\x32\x0e.pdp.v1.Reason*1\n\x08\x44\x65\x63ision\x12\x11\n\rDECISION_DENY\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01*_\n\nToolAnswer\x12\x14\n\x10TOOL_ANSWER_DENY\x10\x00\x12\x15\n\x11TOOL_ANSWER_ALLOW\x10\x01\x12$\n TOOL_ANSWER_DEPENDS_ON_ARGUMENTS\x10\x02\x32\xd7\x01\n\x0f\x44\x65\x63isionService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponse\x12I\n\x0c\x41llowedTools\x12\x1b.pdp.v1.AllowedToolsRequest\x1a\x1c.pdp.v1.AllowedToolsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x06Intent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05token\x18\x04 \x01(\t\"\xfc\x01\n\x0c\x43heckRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nagent_svid\x18\t \x01(\t\x12\x13\n\x0btool_digest\x18\n \x01(\t\")\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x91\x01\n\rCheckResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.pdp.v1.Decision\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\";\n\x11\x43heckBatchRequest\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.pdp.v1.CheckRequest\">\n\x12\x43heckBatchResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.pdp.v1.CheckResponse\"y\n\x13\x41llowedToolsRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x1e\n\x06intent\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Intent\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x12\n\nagent_svid\x18\x05 \x01(\t\"p\n\x0bToolVerdict\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\"\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x12.pdp.v1.ToolAnswer\x12\x1f\n\x07reasons\x18\x03 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x0e\n\x06\x65rrors\x18\x04 \x03(\t\"\x88\x01\n\x14\x41llowedToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pdp.v1.ToolVerdict\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x1f\n\x07reasons\x18\x04 \x03(\x0b\x32\x0e.pdp.v1.Reason*1\n\x08\x44\x65\x63ision\x12\x11\n\rDECISION_DENY\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01*_\n\nToolAnswer\x12\x14\n\x10TOOL_ANSWER_DENY\x10\x00\x12\x15\n\x11TOOL_ANSWER_ALLOW\x10\x01\x12$\n TOOL_ANSWER_DEPENDS_ON_ARGUMENTS\x10\x02\x32\xd7\x01\n\x0f\x44\x65\x63isionService\x12\x34\n\x05\x43heck\x12\x14.pdp.v1.CheckRequest\x1a\x15.pdp.v1.CheckResponse\x12\x43\n\nCheckBatch\x12\x19.pdp.v1.CheckBatchRequest\x1a\x1a.pdp.v1.CheckBatchResponse\x12I\n\x0c\x41llowedTools\x12\x1b.pdp.v1.AllowedToolsRequest\x1a\x1c.pdp.v1.AllowedToolsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdp._proto.pdp.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1127
-  _globals['_DECISION']._serialized_end=1176
-  _globals['_TOOLANSWER']._serialized_start=1178
-  _globals['_TOOLANSWER']._serialized_end=1273
+  _globals['_DECISION']._serialized_start=1148
+  _globals['_DECISION']._serialized_end=1197
+  _globals['_TOOLANSWER']._serialized_start=1199
+  _globals['_TOOLANSWER']._serialized_end=1294
   _globals['_INTENT']._serialized_start=96
   _globals['_INTENT']._serialized_end=199
   _globals['_CHECKREQUEST']._serialized_start=202
-  _globals['_CHECKREQUEST']._serialized_end=433
-  _globals['_REASON']._serialized_start=435
-  _globals['_REASON']._serialized_end=476
-  _globals['_CHECKRESPONSE']._serialized_start=479
-  _globals['_CHECKRESPONSE']._serialized_end=624
-  _globals['_CHECKBATCHREQUEST']._serialized_start=626
-  _globals['_CHECKBATCHREQUEST']._serialized_end=685
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=687
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=749
-  _globals['_ALLOWEDTOOLSREQUEST']._serialized_start=751
-  _globals['_ALLOWEDTOOLSREQUEST']._serialized_end=872
-  _globals['_TOOLVERDICT']._serialized_start=874
-  _globals['_TOOLVERDICT']._serialized_end=986
-  _globals['_ALLOWEDTOOLSRESPONSE']._serialized_start=989
-  _globals['_ALLOWEDTOOLSRESPONSE']._serialized_end=1125
-  _globals['_DECISIONSERVICE']._serialized_start=1276
-  _globals['_DECISIONSERVICE']._serialized_end=1491
+  _globals['_CHECKREQUEST']._serialized_end=454
+  _globals['_REASON']._serialized_start=456
+  _globals['_REASON']._serialized_end=497
+  _globals['_CHECKRESPONSE']._serialized_start=500
+  _globals['_CHECKRESPONSE']._serialized_end=645
+  _globals['_CHECKBATCHREQUEST']._serialized_start=647
+  _globals['_CHECKBATCHREQUEST']._serialized_end=706
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=708
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=770
+  _globals['_ALLOWEDTOOLSREQUEST']._serialized_start=772
+  _globals['_ALLOWEDTOOLSREQUEST']._serialized_end=893
+  _globals['_TOOLVERDICT']._serialized_start=895
+  _globals['_TOOLVERDICT']._serialized_end=1007
+  _globals['_ALLOWEDTOOLSRESPONSE']._serialized_start=1010
+  _globals['_ALLOWEDTOOLSRESPONSE']._serialized_end=1146
+  _globals['_DECISIONSERVICE']._serialized_start=1297
+  _globals['_DECISIONSERVICE']._serialized_end=1512
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class Intent(_message.Message):
     def __init__(self, purpose: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("agent", "server", "tool", "arguments", "intent", "session", "gateway", "time", "agent_svid")
+    __slots__ = ("agent", "server", "tool", "arguments", "intent", "session", "gateway", "time", "agent_svid", "tool_digest")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class CheckRequest(_message.Message):
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     AGENT_SVID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     agent: str
     server: str
     tool: str
@@ -60,7 +61,8 @@ class CheckRequest(_message.Message):
     gateway: str
     time: _timestamp_pb2.Timestamp
     agent_svid: str
-    def __init__(self, agent: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., session: _Optional[str] = ..., gateway: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_svid: _Optional[str] = ...) -> None: ...
+    tool_digest: str
+    def __init__(self, agent: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., session: _Optional[str] = ..., gateway: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_svid: _Optional[str] = ..., tool_digest: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("policy", "message")
