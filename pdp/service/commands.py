@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pdp.service.config import (
     load_config,
     state_directory,
 )
+from pdp.service.workers import say
 
 if TYPE_CHECKING:
     from pdp.service.server import DecisionServer
@@ -37,7 +37,7 @@ EXAMPLE_REQUEST = Path("policies/examples/requests/support-get-ticket.json")
 
 
 def _error(message: str) -> int:
-    print(f"pdp: {message}", file=sys.stderr)
+    say(f"pdp: {message}", error=True)
     return EXIT_ERROR
 
 
@@ -107,13 +107,10 @@ def with_dev_issuer(proof: ProofConfig, state_dir: Path) -> ProofConfig:
 
 
 def serve(options: ServeOptions) -> int:
-    import signal
-    import threading
-
     from pdp.engine.runtime import PolicyRuntime, ReloadEvent, ReloadRejected
     from pdp.identity.sources import IdentityError
     from pdp.replay.archive import ArchiveError, archive_policies
-    from pdp.service.server import DecisionServer, open_identity, serve_until_signalled
+    from pdp.service.server import StopSignals, open_identity
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -147,13 +144,16 @@ def serve(options: ServeOptions) -> int:
         return _error(f"--workers {options.workers!r}: give a number or 'auto'")
     if not 1 <= workers <= MAX_WORKERS:
         return _error(f"--workers: must be between 1 and {MAX_WORKERS} (got {workers})")
+    if workers > 1 and options.worker_index is None:
+        return _supervise(options, config, workers, state_dir, state_source)
+    # From here on a stop signal, however early, ends in a drain that seals the audit
+    # log (a worker gets SIGTERM the moment its supervisor dies, even during start).
+    signals = StopSignals()
     if options.worker_index is not None:
         from pdp.service.workers import die_with_supervisor
 
         if not die_with_supervisor():
             return _error(f"worker {options.worker_index}: its supervisor is gone")
-    if workers > 1 and options.worker_index is None:
-        return _supervise(options, config, workers, state_dir, state_source)
     if workers > 1:
         config = config.replace(server=dataclasses.replace(config.server, workers=workers))
     # Every worker writes the same versions; one archive writer avoids racing renames.
@@ -202,7 +202,34 @@ def serve(options: ServeOptions) -> int:
         audit = _open_audit(options, state_dir)
     except Exception as exc:  # a broken audit setup must stop the start, loudly
         return _error(f"cannot open the audit log: {exc}")
+    try:
+        state = _state_line(state_dir, state_source, options)
+        return _serve_until_stopped(
+            options, config, runtime, identity, audit, dev_note, signals, state
+        )
+    finally:
+        # Whatever happened above (a failed start, an output error), the log is sealed.
+        runtime.close()
+        if audit is not None:
+            audit.close(10.0)
+        say("pdp: stopped")
+
+
+def _serve_until_stopped(
+    options: ServeOptions,
+    config: ServiceConfig,
+    runtime: Any,
+    identity: Any,
+    audit: Any,
+    dev_note: str,
+    signals: Any,
+    state_line: str,
+) -> int:
+    import signal
+    import threading
+
     from pdp.service.operations import audit_health, policy_health, reload_recorder
+    from pdp.service.server import DecisionServer, serve_until_signalled
 
     health_sources = {"policies": policy_health(runtime)}
     if audit is not None:
@@ -265,39 +292,31 @@ def serve(options: ServeOptions) -> int:
                 server.stop(0)
                 return _error(str(exc))
         for line in _startup_lines(server, options, dev_note):
-            print(f"pdp: {line}", flush=True)
-        print(f"pdp: {_state_line(state_dir, state_source, options)}", flush=True)
+            say(f"pdp: {line}")
+        say(f"pdp: {state_line}")
         if endpoint is not None:
-            print(
-                f"pdp: metrics on {endpoint.url} (worker {metrics.worker if metrics else 0})",
-                flush=True,
-            )
+            say(f"pdp: metrics on {endpoint.url} (worker {metrics.worker if metrics else 0})")
         if audit is not None:
-            print(
+            say(
                 f"pdp: audit log {audit.config.file.log_dir} ({options.audit_mode})"
-                + (f", shipped to NATS {options.nats}" if options.nats else ""),
-                flush=True,
+                + (f", shipped to NATS {options.nats}" if options.nats else "")
             )
         else:
-            print("pdp: WARNING: audit is off (--no-audit)", flush=True)
-        print(
+            say("pdp: WARNING: audit is off (--no-audit)")
+        say(
             "pdp: policies reload on change and on SIGHUP; rejected sets keep the old version"
-            + (" (every attempt is audited)" if audit is not None else ""),
-            flush=True,
+            + (" (every attempt is audited)" if audit is not None else "")
         )
 
         def on_signal(signum: int) -> None:
             grace = config.server.shutdown_grace_s
-            print(f"pdp: signal {signum}: draining (up to {grace:g} s)", flush=True)
+            say(f"pdp: signal {signum}: draining (up to {grace:g} s)")
 
-        code = serve_until_signalled(server, on_signal=on_signal)
-        if endpoint is not None:
-            endpoint.close()
-        runtime.close()
-        if audit is not None:
-            audit.close(10.0)
-        print("pdp: stopped", flush=True)
-        return code
+        try:
+            return serve_until_signalled(server, on_signal=on_signal, signals=signals)
+        finally:
+            if endpoint is not None:
+                endpoint.close()
 
 
 def _state_line(state_dir: Path, source: str, options: ServeOptions) -> str:
@@ -314,7 +333,7 @@ def _supervise(
     parallel), and one that cannot prints why and stops the start (exit 2)."""
     from pdp.identity.devca import ensure_dev_state
     from pdp.service.balance import BalanceError, RoundRobin
-    from pdp.service.workers import Supervisor, python_entry, reserve_port, say
+    from pdp.service.workers import Supervisor, python_entry, reserve_port
 
     if options.dev:
         ensure_dev_state(state_dir)  # once, before workers race to create it

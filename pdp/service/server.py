@@ -479,29 +479,58 @@ class DecisionServer:
         return response
 
 
+class StopSignals:
+    """SIGTERM and SIGINT caught from the moment this is made, for a process that must
+    drain and seal its audit log however early the signal comes (a supervisor killed
+    while its workers start, say). Main thread only: Python delivers signals there.
+    :meth:`restore` puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._event = threading.Event()
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        self._event.set()
+
+    def wait(self) -> int:
+        """Blocks until a stop signal arrived (or had already); returns the first one."""
+        # A timed wait keeps the main thread responsive to signals.
+        while not self._event.wait(1.0):
+            pass
+        return self.received[0]
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def serve_until_signalled(
-    server: DecisionServer, *, on_signal: Callable[[int], None] | None = None
+    server: DecisionServer,
+    *,
+    on_signal: Callable[[int], None] | None = None,
+    signals: StopSignals | None = None,
 ) -> int:
     """Serves until SIGTERM or SIGINT, then stops gracefully; returns the exit code 0.
 
-    Must run on the main thread (Python delivers signals there).
+    ``signals``: handlers installed earlier (a signal that came before this call stops
+    the server at once), left in place for the caller's own closing; by default they
+    are installed now and restored after the drain. ``on_signal`` (say, print
+    "draining") may fail: the server is stopped anyway. Must run on the main thread.
     """
-    received = threading.Event()
-    signals: list[int] = []
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        signals.append(signum)
-        received.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = signals if signals is not None else StopSignals()
     try:
-        # A timed wait keeps the main thread responsive to signals.
-        while not received.wait(1.0):
-            pass
+        signum = stop.wait()
+        try:
+            if on_signal is not None:
+                on_signal(signum)
+        finally:
+            server.stop()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if on_signal is not None:
-        on_signal(signals[0])
-    server.stop()
+        # Only now: a second SIGTERM during the drain must not cut it short.
+        if signals is None:
+            stop.restore()
     return 0

@@ -8,6 +8,10 @@ server on the shared port (``SO_REUSEPORT``), engine, policy watcher and audit c
 (``AUDIT_DIR/worker-K``, one verifiable hash chain per worker: no two processes ever
 append to one file). The supervisor forwards SIGHUP (reload) and SIGTERM/SIGINT
 (drain) to every worker, restarts a worker that dies, and exits when all are gone.
+A worker whose supervisor dies, even by SIGKILL, gets SIGTERM from the kernel
+(``PR_SET_PDEATHSIG``) and drains: its handlers are in place before it opens its audit
+log, and output to the dead supervisor's pipe is dropped (:func:`say`), so every worker
+ends its chain with a closing checkpoint.
 
 Balancing is per connection, by the kernel: ``SO_REUSEPORT`` hashes each new TCP
 connection to one of the listening workers. HTTP/2 clients multiplex every call over
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 # A worker that dies this many times within the window stops the whole service: a
 # crash loop must be loud, not a silently shrinking pool.
@@ -45,11 +50,25 @@ _output = threading.Lock()
 
 
 def say(text: str, *, error: bool = False) -> None:
-    """One whole line to stdout (or stderr), never interleaved with a worker's."""
+    """One whole line to stdout (or stderr), never interleaved with a worker's.
+
+    Output is never a reason to stop: when nobody reads any more (a closed pipe, a dead
+    supervisor) the stream is pointed at /dev/null, so that a drain, the audit log's
+    closing checkpoint and the exit go on, and a supervisor keeps reading its workers."""
     stream = sys.stderr if error else sys.stdout
     with _output:
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: stream closed
+            _silence(stream)
+
+
+def _silence(stream: TextIO) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())  # what is left in the buffer flushes into nothing
+        os.close(null)
 
 
 @dataclass

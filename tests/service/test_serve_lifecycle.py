@@ -104,3 +104,67 @@ def test_serve_audits_shadow_decisions_and_reloads(tmp_path: Path) -> None:
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert (state / "policy-versions" / str(first["policy_version"])).is_dir()
+
+
+def start_serve(state: Path, policies: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`pdp serve --dev` on a free port, its stdout and stderr on one pipe; the address."""
+    server = subprocess.Popen(
+        [
+            PDP,
+            "serve",
+            "--dev",
+            "--state-dir",
+            str(state),
+            "--policies",
+            str(policies),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        match = re.search(r"listening on (\S+)", line)
+        if match:
+            return server, match.group(1)
+        if not line and server.poll() is not None:
+            break
+    server.kill()
+    raise AssertionError("pdp serve did not start")
+
+
+def verify_sealed(directory: Path) -> None:
+    verify = subprocess.run(
+        [PDP, "audit", "verify", "--require-sealed", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_serve_drains_and_seals_when_nobody_reads_its_output(tmp_path: Path) -> None:
+    """Its reader gone (a closed pipe, as when a supervisor dies), `pdp serve` still drains
+    on SIGTERM: printing "draining" must not skip the closing checkpoint."""
+    state = tmp_path / "state"
+    server, address = start_serve(
+        state, copy_policies(tmp_path / "policies"), "--audit-mode", "sync"
+    )
+    answered = call(state, address)
+    assert server.stdout is not None
+    server.stdout.close()  # nobody reads stdout or stderr any more
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(60) == 0
+    verify_sealed(state / "audit")
+    records = [
+        json.loads(line)
+        for path in sorted((state / "audit").glob("audit-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert answered["decision_id"] in {r.get("decision_id") for r in records}

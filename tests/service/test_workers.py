@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.service.servicer import CHECK_METHOD
 from tests.conftest import EXAMPLE_POLICIES
-from tests.service.test_serve_lifecycle import copy_policies
+from tests.service.test_serve_lifecycle import copy_policies, verify_sealed
 
 PDP = str(Path(sys.executable).parent / "pdp")
 REQUEST = json.loads(
@@ -248,6 +248,26 @@ def test_workers_do_not_outlive_a_killed_supervisor(
     assert not alive, f"orphaned workers still running: {alive}"
 
 
+def test_every_worker_seals_its_chain_when_the_supervisor_is_killed(
+    served: tuple[Supervised, Path, Path, str],
+) -> None:
+    """SIGKILL of the supervisor: its pipe to the workers' output is gone, and each worker
+    still drains and ends its chain with a closing checkpoint (not a race on a print)."""
+    supervisor, state, _, address = served
+    workers = worker_pids(supervisor)
+    check_on_new_connections(state, address, 8)
+    supervisor.process.kill()
+    supervisor.process.wait(10)
+    deadline = time.monotonic() + 60
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.1)
+    assert not alive, f"workers still running: {alive}"
+    for index in (0, 1):
+        verify_sealed(state / "audit" / f"worker-{index}")
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -280,3 +300,54 @@ def test_unusable_policies_stop_the_start_with_the_reason(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "are not usable" in result.stdout and "broken.cedar:1" in result.stdout
     assert "did not start" in result.stderr
+
+
+# A stand-in supervisor: starts one worker as `pdp serve --workers N` would, then, on a
+# line from its own stdin, closes its end of the worker's output pipe and dies by
+# SIGKILL. The worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and nobody reads it.
+STAND_IN = """
+import os, signal, subprocess, sys
+worker = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, "PDP_SUPERVISOR_PID": str(os.getpid())},
+                          start_new_session=True)
+print(worker.pid, flush=True)
+wait_for = sys.stdin.readline().strip()
+if wait_for == "listening":
+    for line in worker.stdout:
+        if line.startswith(b"pdp: listening on "):
+            break
+worker.stdout.close()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("when", ["listening", "starting"])
+def test_a_worker_seals_its_chain_whenever_its_supervisor_dies(tmp_path: Path, when: str) -> None:
+    """Killed while the worker serves, or while it is still starting (the SIGTERM then
+    arrives before the server runs): either way the worker drains and seals its chain."""
+    state, audit = tmp_path / "state", tmp_path / "audit"
+    worker = [PDP, "serve", "--dev", "--state-dir", str(state), "--listen", "127.0.0.1:0"]
+    worker += ["--policies", str(copy_policies(tmp_path / "policies")), "--no-watch"]
+    worker += ["--workers", "2", "--worker-index", "0", "--audit-dir", str(audit)]
+    worker += ["--audit-mode", "sync"]
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN, *worker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stand_in.stdin is not None and stand_in.stdout is not None
+    pid = int(stand_in.stdout.readline())
+    if when == "starting":  # as soon as the audit log is open, before the server listens
+        deadline = time.monotonic() + 60
+        while not list((audit / "worker-0").glob("audit-*.jsonl")):
+            assert time.monotonic() < deadline, "the worker never opened its audit log"
+            time.sleep(0.005)
+    stand_in.stdin.write(f"{when}\n")
+    stand_in.stdin.flush()
+    stand_in.wait(60)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and not _zombie(pid):
+        assert time.monotonic() < deadline, "the worker outlived its supervisor"
+        time.sleep(0.05)
+    verify_sealed(audit / "worker-0")
