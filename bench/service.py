@@ -8,8 +8,9 @@ Starts one ``pdp serve`` subprocess per audit mode, all in the same run, on the 
 10-policy set and request as bench/compare.py (dev CA, loopback mTLS):
 
 - ``off``:   ``--no-audit``
-- ``async``: the file log, ``--audit-mode async`` (the default)
-- ``sync``:  the file log, ``--audit-mode sync`` (no answer before its record is on disk)
+- ``async``: the file log, ``--audit-mode async`` (answers once the record is queued)
+- ``sync``:  the file log, ``--audit-mode sync``, the default (no answer before its
+  record is on disk; one write and one fdatasync per group of records)
 - ``nats``:  file async plus ``--nats`` to a real ``nats-server -js`` started here on a
   free loopback port with its own store dir
 

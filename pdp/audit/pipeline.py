@@ -85,11 +85,14 @@ class _Waiter:
     wait, each acquiring and releasing the open lock in turn.
     """
 
-    __slots__ = ("_done", "_gate")
+    __slots__ = ("_done", "_gate", "_on_settled")
 
-    def __init__(self, pending: bool) -> None:
+    def __init__(self, pending: bool, on_settled: Callable[[], None] | None = None) -> None:
         self._done = not pending
         self._gate = threading.Lock()
+        # Called once, by whoever opens the latch (usually the writer thread; it must not
+        # block), for a waiter on an event loop that cannot block in wait().
+        self._on_settled = on_settled
         if pending:
             self._gate.acquire()
 
@@ -113,6 +116,11 @@ class _Waiter:
     def _open(self) -> None:
         self._done = True
         self._gate.release()
+        if self._on_settled is not None:
+            try:
+                self._on_settled()
+            except Exception:
+                log.exception("audit settle callback failed")
 
     def _settle(self, index: int, ok: bool, error: str, seq: int | None) -> None:
         raise NotImplementedError
@@ -150,8 +158,8 @@ class Commit(_Waiter):
 
     __slots__ = ("_flags", "_pending", "accepted", "error", "refused")
 
-    def __init__(self, count: int) -> None:
-        super().__init__(pending=count > 0)
+    def __init__(self, count: int, on_settled: Callable[[], None] | None = None) -> None:
+        super().__init__(pending=count > 0, on_settled=on_settled)
         self.accepted = True
         self.error = ""
         self.refused: list[int] = []  # indexes of entries that were never queued
@@ -341,8 +349,13 @@ class AuditPipeline:
         render: Callable[[Any], dict[str, Any]],
         *,
         build_here: bool = True,
+        on_settled: Callable[[], None] | None = None,
     ) -> Commit:
         """Queues several records at once, in order, all or none; never blocks on I/O.
+
+        ``on_settled`` is called once every record is settled (written, durably in sync
+        mode, or failed), from the writer thread, or at once from here when none was
+        queued: a waiter on an event loop schedules itself from it instead of blocking.
 
         An entry that is a ``dict`` is a record (from ``build_*_record``), encoded here;
         one that cannot be encoded is refused alone (its flag is False). Any other entry
@@ -352,7 +365,11 @@ class AuditPipeline:
         caller's thread must never build records (an event loop): the backpressure below
         then does not apply and a full queue refuses.
         """
-        commit = Commit(len(entries))
+        commit = Commit(len(entries), on_settled)
+        if not entries:
+            if on_settled is not None:
+                on_settled()
+            return commit
         items: list[_Item] = []
         refused = 0
         # Backpressure: when the writer falls behind, submitters build their records

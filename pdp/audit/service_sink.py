@@ -9,13 +9,17 @@ failures are only logged and counted.
 The decision path only queues the events: the pipeline's writer thread builds the
 records (redaction, JSON, hash) from them, many per wake-up, for valid and invalid
 requests alike: nothing of a record is built on the caller's thread, which in async
-mode is the service's event loop. Events are frozen and the service does not touch
-them afterwards; the data of an invalid request is what the service decoded within the
+mode, and in sync mode through :meth:`AuditDecisionSink.submit_decisions`, is the
+service's event loop. Events are frozen and the service does not touch them
+afterwards; the data of an invalid request is what the service decoded within the
 limits (never a NaN: it refuses those while decoding), plus bounded facts about the
 body (``rejected``). In async mode :meth:`AuditDecisionSink.record_decisions` never
 waits (``blocks`` is False), so the service may call it from its event loop; the
 pipeline is then told not to build records on the caller's thread when its writer
-falls behind (the queue bound refuses instead).
+falls behind (the queue bound refuses instead). In sync mode (the default) the service
+uses :meth:`AuditDecisionSink.submit_decisions`: it decides on its event loop, hands
+the events over and answers when the writer's callback says the group commit holding
+them is on disk, so no thread blocks on the disk for a call.
 
 The event types are matched structurally (no import of ``pdp.service``), so the data
 keeps flowing one way: service -> audit.
@@ -25,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pdp.audit.config import Audit
-from pdp.audit.pipeline import DeliveryMode
+from pdp.audit.pipeline import Commit, DeliveryMode
 from pdp.audit.record import build_decision_record, build_refusal_record
 from pdp.model import Caller, Decision, Request
 
@@ -71,6 +75,24 @@ class RefusalEventLike(Protocol):
     def caller(self) -> Caller | None: ...
 
 
+class PendingDecisions:
+    """What :meth:`AuditDecisionSink.submit_decisions` handed over (``PendingRecords``)."""
+
+    __slots__ = ("_commit", "_events", "_sink", "wait_s")
+
+    def __init__(
+        self,
+        sink: AuditDecisionSink,
+        events: Sequence[DecisionEventLike],
+        commit: Commit,
+        wait_s: float,
+    ) -> None:
+        self._sink, self._events, self._commit, self.wait_s = sink, events, commit, wait_s
+
+    def flags(self) -> list[bool]:
+        return self._sink._flags(self._events, self._commit)
+
+
 class AuditDecisionSink:
     """``DecisionSink`` for :class:`pdp.service.server.DecisionServer` (``sink=``)."""
 
@@ -88,19 +110,50 @@ class AuditDecisionSink:
         self, events: Sequence[DecisionEventLike], timeout: float | None
     ) -> Sequence[bool]:
         pipeline = self.audit.pipeline
+        commit = pipeline.submit_all(
+            self._entries(events), self._decision_record, build_here=self.blocks
+        )
+        if commit.accepted and pipeline.mode is DeliveryMode.SYNC:
+            commit.wait(self._wait_s(timeout))
+        return self._flags(events, commit)
+
+    def submit_decisions(
+        self,
+        events: Sequence[DecisionEventLike],
+        timeout: float | None,
+        on_settled: Callable[[], None],
+    ) -> PendingDecisions:
+        """``record_decisions`` without the wait (``pdp.service.sink.DeferredDecisionSink``):
+        ``on_settled`` runs on the writer thread once the group commit that holds them
+        is on disk (or failed); then :meth:`PendingDecisions.flags` says which made it."""
+        commit = self.audit.pipeline.submit_all(
+            self._entries(events),
+            self._decision_record,
+            build_here=False,  # the caller is the service's event loop
+            on_settled=on_settled,
+        )
+        return PendingDecisions(self, events, commit, self._wait_s(timeout))
+
+    def _entries(self, events: Sequence[DecisionEventLike]) -> list[Any]:
         stamp = time.time()  # when the decisions were made: now, not when written
-        entries = [(event, stamp) for event in events]
-        commit = pipeline.submit_all(entries, self._decision_record, build_here=self.blocks)
+        return [(event, stamp) for event in events]
+
+    def _wait_s(self, timeout: float | None) -> float:
+        limit = self.audit.pipeline.config.sync_timeout_s
+        return limit if timeout is None else min(timeout, limit)
+
+    def _flags(self, events: Sequence[DecisionEventLike], commit: Commit) -> list[bool]:
+        """Per event, whether to answer its decision: recorded (durably in sync mode,
+        queued in async mode), or anyway when the pipeline fails open."""
+        pipeline = self.audit.pipeline
         if not commit.accepted:
-            flags = [False] * len(entries)
+            flags = [False] * len(events)
         elif pipeline.mode is DeliveryMode.SYNC:
-            limit = pipeline.config.sync_timeout_s
-            commit.wait(limit if timeout is None else min(timeout, limit))
             flags = commit.flags
         elif not commit.refused:
-            return [True] * len(entries)  # async: queued is enough
+            return [True] * len(events)  # async: queued is enough
         else:
-            flags = [True] * len(entries)
+            flags = [True] * len(events)
             for index in commit.refused:
                 flags[index] = False
         if all(flags):

@@ -52,7 +52,7 @@ class ServeOptions:
     listen: str | None = None
     policies: str | None = None
     audit_dir: str | None = None  # default: <state dir>/audit
-    audit_mode: str = "async"
+    audit_mode: str = "sync"  # durable: no answer before its record is on disk
     audit_off: bool = False
     nats: str | None = None
     shadow_policies: str | None = None

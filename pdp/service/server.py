@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -79,7 +79,7 @@ from pdp.service.servicer import (
     EngineHolder,
     FixedEngine,
 )
-from pdp.service.sink import DecisionSink, NullSink
+from pdp.service.sink import DecisionSink, DeferredDecisionSink, NullSink
 from pdp.service.tls import RotatingServerCredentials
 from pdp.service.watch import (
     AUDIT_SERVICE_NAME,
@@ -233,13 +233,18 @@ class DecisionServer:
             record_budget=self.record_budget,
         )
         self._executor = ThreadPoolExecutor(options.threads, thread_name_prefix="pdp-rpc")
+        # Only a sink that may wait for I/O needs threads, unless it can call back
+        # instead (see pdp.service.sink).
+        blocks = getattr(self.sink, "blocks", True)
+        deferred = self.sink if blocks and hasattr(self.sink, "submit_decisions") else None
         self.servicer = DecisionServicer(
             self.core,
             RateLimiter(config.rate_limit),
             refuser,
             max_batch=config.limits.max_batch,
-            # Only a sink that may wait for I/O needs threads; see pdp.service.sink.
-            executor=self._executor if getattr(self.sink, "blocks", True) else None,
+            # Also for AllowedTools, which waits for its one record on a pool thread.
+            executor=self._executor if blocks else None,
+            deferred=cast(DeferredDecisionSink | None, deferred),
         )
         self.health_sources: dict[str, HealthSource] = dict(health_sources or {})
         self.hub = (

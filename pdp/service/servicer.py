@@ -74,7 +74,13 @@ from pdp.service.convert import (
 )
 from pdp.service.gate import CallerGrant, RateLimiter
 from pdp.service.interceptor import Admission, Refuser, require_admission
-from pdp.service.sink import DecisionEvent, DecisionSink, RefusalCode, RejectedBody
+from pdp.service.sink import (
+    DecisionEvent,
+    DecisionSink,
+    DeferredDecisionSink,
+    RefusalCode,
+    RejectedBody,
+)
 from pdp.service.wire import Malformed, batch_requests, check_request_bytes
 
 log = logging.getLogger(__name__)
@@ -179,6 +185,12 @@ class DecisionCore:
     def decide_calls(self, calls: Sequence[PendingCall]) -> list[list[pb.CheckResponse]]:
         """Decides the requests of several calls together (one policy version, one
         Cedar batch, one audit submission); one list of responses per call."""
+        decided = self.decide(calls)
+        return decided.answers(self._record(decided.events, decided.timeout))
+
+    def decide(self, calls: Sequence[PendingCall]) -> Decided:
+        """The decisions of several calls, not yet recorded: :meth:`Decided.answers`
+        turns them into responses once the sink says which were recorded."""
         engine = self.engines.engine  # one policy version for the whole flush
         messages = [m for call in calls for m in call.messages]
         grants = [call.grant for call in calls for _ in call.messages]
@@ -217,19 +229,17 @@ class DecisionCore:
                 )
                 index += 1
         timeouts = [call.timeout for call in calls if call.timeout is not None]
-        recorded = self._record(events, min(timeouts) if timeouts else None)
-        responses = [
-            check_response(
-                decision if ok else _audit_unavailable(decision.policy_version), decision_id
-            )
-            for decision_id, decision, ok in zip(ids, decisions, recorded, strict=True)
-        ]
-        answers: list[list[pb.CheckResponse]] = []
-        index = 0
-        for call in calls:
-            answers.append(responses[index : index + len(call.messages)])
-            index += len(call.messages)
-        return answers
+        timeout = min(timeouts) if timeouts else None
+        if timeout is not None:
+            timeout = max(0.0, timeout - _ANSWER_MARGIN_S)
+        return Decided(calls, events, timeout)
+
+    def checked_flags(self, flags: Sequence[bool], count: int) -> list[bool]:
+        """A sink's flags as answers may use them: any malformed reply denies all."""
+        if len(flags) != count:
+            log.error("decision sink returned %d flags for %d decisions", len(flags), count)
+            return [False] * count
+        return [flag is True for flag in flags]
 
     def _evaluate(
         self,
@@ -410,17 +420,37 @@ class DecisionCore:
         return allowed_tools_response(listing, decision_id, engine.version)
 
     def _record(self, events: list[DecisionEvent], timeout: float | None) -> list[bool]:
-        if timeout is not None:
-            timeout = max(0.0, timeout - _ANSWER_MARGIN_S)
         try:
             flags = list(self.sink.record_decisions(events, timeout))
         except Exception:
             log.exception("decision sink failed; denying %d decision(s)", len(events))
             return [False] * len(events)
-        if len(flags) != len(events):
-            log.error("decision sink returned %d flags for %d decisions", len(flags), len(events))
-            return [False] * len(events)
-        return [flag is True for flag in flags]
+        return self.checked_flags(flags, len(events))
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The decisions of some calls, in call order, waiting for the sink's verdict."""
+
+    calls: Sequence[PendingCall]
+    events: list[DecisionEvent]
+    timeout: float | None  # for the sink: what is left of the nearest call deadline
+
+    def answers(self, recorded: Sequence[bool]) -> list[list[pb.CheckResponse]]:
+        """One list of responses per call; an unrecorded decision is ``audit_unavailable``."""
+        responses = [
+            check_response(
+                event.decision if ok else _audit_unavailable(event.decision.policy_version),
+                event.decision_id,
+            )
+            for event, ok in zip(self.events, recorded, strict=True)
+        ]
+        answers: list[list[pb.CheckResponse]] = []
+        index = 0
+        for call in self.calls:
+            answers.append(responses[index : index + len(call.messages)])
+            index += len(call.messages)
+        return answers
 
 
 def _time_remaining(context: Context) -> float | None:
@@ -472,18 +502,27 @@ def _audit_unavailable(policy_version: str) -> Decision:
 class Coalescer:
     """Decides the calls queued during one turn of the event loop together.
 
-    ``blocking`` runs each flush on ``executor`` (a sink that waits for I/O, such as
-    the synchronous audit log, must not hold up the event loop); otherwise flushes run
-    on the loop itself, which is cheaper. Concurrent flushes are fine: each decides
-    its own calls with the engine in force when it starts.
+    With a ``deferred`` sink (the durable audit log) each flush decides on the loop,
+    hands its records over and answers its calls from the sink's callback once they
+    are on disk, so the loop never waits for the disk and the records of the flushes
+    made meanwhile share the next fdatasync. Otherwise ``executor`` runs each flush
+    (a sink that waits for I/O must not hold up the event loop), or, without one, flushes
+    run on the loop itself. Concurrent flushes are fine: each decides its own calls
+    with the engine in force when it starts.
     """
 
     def __init__(
-        self, core: DecisionCore, *, executor: Executor | None, max_requests: int = 512
+        self,
+        core: DecisionCore,
+        *,
+        executor: Executor | None,
+        max_requests: int = 512,
+        deferred: DeferredDecisionSink | None = None,
     ) -> None:
         self._core = core
         self._executor = executor
         self.executor = executor  # also used by calls that are not coalesced
+        self._deferred = deferred
         self._max_requests = max_requests
         self._queued: list[tuple[PendingCall, asyncio.Future[list[pb.CheckResponse]]]] = []
         self._queued_requests = 0
@@ -507,6 +546,9 @@ class Coalescer:
         if not queued:
             return
         calls = [call for call, _ in queued]
+        if self._deferred is not None:
+            self._decide_deferred(queued, calls, self._deferred)
+            return
         if self._executor is None:
             self._deliver(queued, self._decide(calls))
             return
@@ -521,6 +563,54 @@ class Coalescer:
                 queued, self._denied(calls) if done.cancelled() else done.result()
             )
         )
+
+    def _decide_deferred(
+        self,
+        queued: list[tuple[PendingCall, asyncio.Future[list[pb.CheckResponse]]]],
+        calls: list[PendingCall],
+        sink: DeferredDecisionSink,
+    ) -> None:
+        """Decides on the loop, hands the records over and returns at once; the calls are
+        answered when the sink calls back (their records durable) or at its wait limit,
+        whichever comes first. Meanwhile the loop decides the next calls, whose records
+        join the next group commit."""
+        loop = asyncio.get_running_loop()
+        try:
+            decided = self._core.decide(calls)
+        except Exception:  # decide does not raise; this is the last line of defense
+            log.exception("internal error deciding %d call(s)", len(calls))
+            self._deliver(queued, self._denied(calls))
+            return
+        count = len(decided.events)
+        finished = False
+        timer: asyncio.TimerHandle | None = None
+
+        def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            if timer is not None:
+                timer.cancel()
+            try:
+                flags = self._core.checked_flags(pending.flags(), count)
+            except Exception:
+                log.exception("decision sink failed; denying %d decision(s)", count)
+                flags = [False] * count
+            self._deliver(queued, decided.answers(flags))
+
+        def settled() -> None:  # on the sink's thread
+            loop.call_soon_threadsafe(finish)
+
+        try:
+            pending = sink.submit_decisions(decided.events, decided.timeout, settled)
+        except Exception:
+            log.exception("decision sink failed; denying %d decision(s)", count)
+            finished = True
+            self._deliver(queued, decided.answers([False] * count))
+            return
+        if not finished:
+            timer = loop.call_later(pending.wait_s, finish)
 
     def _decide(self, calls: list[PendingCall]) -> list[list[pb.CheckResponse]]:
         try:
@@ -554,12 +644,13 @@ class DecisionServicer:
         *,
         max_batch: int,
         executor: Executor | None = None,
+        deferred: DeferredDecisionSink | None = None,
     ) -> None:
         self.core = core
         self._rate_limiter = rate_limiter
         self._refuser = refuser
         self._max_batch = max_batch
-        self._coalescer = Coalescer(core, executor=executor)
+        self._coalescer = Coalescer(core, executor=executor, deferred=deferred)
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The service's methods, taking raw request bytes (decoded by the core)."""

@@ -7,9 +7,13 @@ and *before* answering, and waits for it: a sink that returns ``False`` for a de
 durable record" hold. A sink can only take an allow away, never grant one.
 
 A sink whose ``record_decisions`` never waits for I/O says so with a class attribute
-``blocks = False``; the service then decides on its event loop. Without it (or with
-``blocks = True``) decisions run on the service's thread pool, so that a sink waiting
-for an fsync cannot stall every other call.
+``blocks = False``; the service then decides on its event loop. A sink that must wait
+(the durable audit log) can offer :meth:`DeferredDecisionSink.submit_decisions`: it
+hands the decisions over without waiting and calls back once they are settled, so the
+service still decides on its event loop and answers each call when its records are
+durable, while the loop goes on deciding (group commit across calls). A blocking sink
+without it (``blocks`` True or absent) is called on the service's thread pool, so that
+a sink waiting for an fsync cannot stall every other call.
 
 Refusals (unauthenticated, permission denied, rate limited, batch too large or
 undecodable) go to
@@ -30,7 +34,7 @@ An audit adapter is expected to look like::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -113,6 +117,33 @@ class DecisionSink(Protocol):
 
     def record_refusal(self, event: RefusalEvent) -> None:
         """Records a refused call; must not block."""
+        ...
+
+
+class PendingRecords(Protocol):
+    """Decisions handed to a :class:`DeferredDecisionSink`, on their way to the record."""
+
+    @property
+    def wait_s(self) -> float:
+        """How long to wait for them at most; a decision not recorded by then is denied."""
+        ...
+
+    def flags(self) -> Sequence[bool]:
+        """One flag per event, True when recorded (durably, if the sink promises it),
+        as of now."""
+        ...
+
+
+class DeferredDecisionSink(DecisionSink, Protocol):
+    def submit_decisions(
+        self,
+        events: Sequence[DecisionEvent],
+        timeout: float | None,
+        on_settled: Callable[[], None],
+    ) -> PendingRecords:
+        """Hands the decisions of one or more RPCs over without waiting; ``on_settled``
+        is called once, from any thread (it must not block), when every one of them is
+        recorded or has failed. ``timeout`` as for :meth:`DecisionSink.record_decisions`."""
         ...
 
 

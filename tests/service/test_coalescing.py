@@ -215,3 +215,51 @@ def test_a_shut_down_pool_denies_instead_of_hanging(engine: Engine) -> None:
     assert response.decision == pb.DECISION_DENY
     assert response.reasons[0].policy == "internal_error"
     assert sink.decisions == []
+
+
+@dataclass
+class DeferredSink:
+    """A sink that calls back later (the durable audit log's shape): ``settle`` decides
+    when; one that never settles must not hold the answer past ``wait_s``."""
+
+    settle: bool
+    wait_s: float = 0.3
+    blocks: bool = True
+    handed: list[DecisionEvent] = field(default_factory=list)
+
+    def record_decisions(
+        self, events: Sequence[DecisionEvent], timeout: float | None
+    ) -> Sequence[bool]:
+        raise AssertionError("a deferred sink is never called to block")
+
+    def submit_decisions(
+        self, events: Sequence[DecisionEvent], timeout: float | None, on_settled: Any
+    ) -> DeferredSink:
+        self.handed.extend(events)
+        if self.settle:  # from another thread, as the writer does
+            threading.Timer(0.05, on_settled).start()
+        return self
+
+    def flags(self) -> list[bool]:
+        return [self.settle] * len(self.handed)
+
+    def record_refusal(self, event: RefusalEvent) -> None:
+        return None
+
+
+@pytest.mark.parametrize("settle", [True, False], ids=["settled", "never-settled"])
+def test_a_deferred_sink_answers_when_it_settles_and_denies_when_it_does_not(
+    make_server: ServerFactory, connect: ClientFactory, settle: bool
+) -> None:
+    sink = DeferredSink(settle=settle)
+    server = make_server(sink=sink)
+    client = connect(server)
+    started = time.monotonic()
+    response = client._check(to_message(example_request()), timeout=20)
+    assert sink.handed and sink.handed[0].decision_id == response.decision_id
+    if settle:
+        assert response.decision == pb.DECISION_ALLOW
+    else:  # answered at the sink's wait limit, not hung, and never an allow
+        assert response.decision == pb.DECISION_DENY
+        assert [r.policy for r in response.reasons] == ["audit_unavailable"]
+        assert time.monotonic() - started >= sink.wait_s
