@@ -333,6 +333,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             audit_dir=args.audit_dir,
             audit_mode=args.audit_mode,
             audit_off=args.no_audit,
+            audit_key=args.audit_key,
+            audit_witness=args.audit_witness,
             nats=args.nats,
             shadow_policies=args.shadow_policies,
             watch=not args.no_watch,
@@ -344,9 +346,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    return _audit_verify(args.rest)
+
+
+def _audit_verify(argv: list[str]) -> int:
+    """`pdp audit verify`; with --config FILE, the key pinned in pdp serve's config."""
+    from pdp.audit.verify import Pins
     from pdp.audit.verify import main as verify_main
 
-    return verify_main(args.rest)
+    config_file = next(
+        (argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"),
+        next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None),
+    )
+    if config_file is None:
+        return verify_main(argv)
+    from pdp.service.config import ConfigError, load_config
+
+    try:
+        audit = load_config(config_file).audit
+    except ConfigError as exc:
+        print(f"pdp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if audit.public_key is None and not audit.key_fingerprint:
+        print(
+            f"pdp: {config_file}: pins no key (audit.key_fingerprint, audit.public_key)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    pins = Pins(audit.public_key, audit.key_fingerprint or None, f"{config_file}")
+    return verify_main(argv, configured=pins)
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -519,6 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
         " async: answer once it is queued, and lose what is queued or unsynced"
         " (up to ~0.25 s of answered decisions) if the process or machine dies",
     )
+    p.add_argument(
+        "--audit-key",
+        metavar="FILE",
+        help="checkpoint signing key, kept apart from the audit log, mode 0600, created if"
+        " absent (default: audit.key_file, else STATE_DIR/audit-signing.key)",
+    )
+    p.add_argument(
+        "--audit-witness",
+        metavar="FILE",
+        help="also write the latest checkpoint here, out of the log writer's reach"
+        " (for pdp audit verify --witness; default: audit.witness_file)",
+    )
     p.add_argument("--no-audit", action="store_true", help="no audit log (benchmarks only)")
     p.add_argument("--nats", metavar="URL", help="also ship the audit log to NATS JetStream")
     p.add_argument(
@@ -625,9 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:2] == ["audit", "verify"]:  # its own parser owns every option, --help included
-        from pdp.audit.verify import main as verify_main
-
-        return verify_main(arguments[2:])
+        return _audit_verify(arguments[2:])
     parser = build_parser()
     args = parser.parse_args(arguments)
     handler: Handler = args.handler

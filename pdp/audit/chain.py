@@ -135,9 +135,20 @@ def parse_line(raw: bytes, *, strict: bool = True) -> ChainLine:
     return ChainLine(seq=seq, prev_hash=prev_hash, hash=claimed, kind=kind, data=data)
 
 
-def checkpoint_message(instance_id: str, seq: int, prev_hash: str, time: str, key: str) -> bytes:
-    """The exact bytes a checkpoint signs. ``prev_hash`` is the chain head it covers."""
-    return f"{RECORD_VERSION}|checkpoint|{instance_id}|{seq}|{prev_hash}|{time}|{key}".encode()
+CHECKPOINT_CLOSE = "close"  # the writer stopped cleanly: nothing may follow it
+CHECKPOINT_ROTATE = "rotate"  # the file ends here; the chain goes on in the next one
+CHECKPOINT_PERIODIC = "periodic"  # every checkpoint_every records or interval
+CHECKPOINT_REASONS = frozenset({CHECKPOINT_CLOSE, CHECKPOINT_ROTATE, CHECKPOINT_PERIODIC})
+
+
+def checkpoint_message(
+    instance_id: str, seq: int, prev_hash: str, time: str, key: str, reason: str | None = None
+) -> bytes:
+    """The exact bytes a checkpoint signs. ``prev_hash`` is the chain head it covers.
+    ``reason`` (close, rotate, periodic) is signed too, so a periodic checkpoint cannot
+    be passed off as a closing one; checkpoints written before reasons existed have none."""
+    text = f"{RECORD_VERSION}|checkpoint|{instance_id}|{seq}|{prev_hash}|{time}|{key}"
+    return (text if reason is None else f"{text}|{reason}").encode()
 
 
 def log_file_name(first_seq: int, attempt: int = 0) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pdp.audit.filesink import FileSink, FileSinkConfig
 from pdp.audit.ids import new_decision_id
+from pdp.audit.keys import SigningKeyError, load_or_create_signer
 from pdp.audit.nats_shipper import NatsShipper, NatsShipperConfig, subject_token
 from pdp.audit.pipeline import AuditPipeline, PipelineConfig, Ticket
 from pdp.audit.record import build_decision_record, build_refusal_record
@@ -30,6 +31,7 @@ class AuditConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
     nats: NatsShipperConfig | None = None  # None: file only
+    key_fingerprint: str = ""  # pinned: refuse to start with any other signing key
 
 
 class Audit:
@@ -39,13 +41,22 @@ class Audit:
         self.config = config
         self.instance_id = config.instance_id
         self.redactor = Redactor(config.redaction)
-        self.sink = FileSink(config.file, config.instance_id)
+        # The key is checked now (apart from the logs, 0600, the pinned one if pinned),
+        # so that a bad key stops the start instead of leaving an unhealthy writer.
+        self.signer = load_or_create_signer(config.file.key_path, log_dir=config.file.log_dir)
+        if config.key_fingerprint and self.signer.fingerprint != config.key_fingerprint:
+            raise SigningKeyError(
+                f"{config.file.key_path}: the checkpoint signing key has fingerprint "
+                f"{self.signer.fingerprint}, not the pinned {config.key_fingerprint} "
+                "(audit.key_fingerprint): a replaced key is refused"
+            )
+        self.sink = FileSink(config.file, config.instance_id, signer=self.signer)
         self.pipeline = AuditPipeline(self.sink, config.pipeline)
         self.shipper: NatsShipper | None = None
         if config.nats is not None:
             self.shipper = NatsShipper(
                 config.file.log_dir,
-                config.file.key_dir,
+                config.file.log_dir,  # the position belongs to this chain: one per log dir
                 config.nats,
                 committed=lambda: self.sink.committed,
             )

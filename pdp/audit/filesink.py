@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import time
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pdp.audit.chain import (
+    CHECKPOINT_CLOSE,
+    CHECKPOINT_PERIODIC,
+    CHECKPOINT_ROTATE,
     GENESIS_HASH,
     KIND_CHECKPOINT,
     KIND_SEGMENT,
@@ -34,7 +38,7 @@ from pdp.audit.chain import (
     parse_line,
     seal,
 )
-from pdp.audit.keys import CheckpointSigner, load_or_create_signer
+from pdp.audit.keys import PRIVATE_KEY_FILE, CheckpointSigner, load_or_create_signer
 from pdp.audit.record import RECORD_VERSION
 from pdp.model import format_time
 
@@ -49,7 +53,12 @@ class FileSinkConfig:
     """Where and how the local audit log is written (the source of truth for every sink)."""
 
     log_dir: Path
-    state_dir: Path | None = None  # signing key; defaults to log_dir
+    # The checkpoint signing key (PEM, 0600), never inside log_dir. Default:
+    # audit-signing.key beside log_dir (for pdp serve: in its state directory).
+    key_file: Path | None = None
+    # Also written at every checkpoint (seq, hash, signature): put it where whoever can
+    # write the logs cannot, so that a log cut back or rewritten fails verify --witness.
+    witness_file: Path | None = None
     max_bytes: int = 64 * 1024 * 1024  # rotate when a file reaches this size
     max_age_s: float = 24 * 3600.0  # rotate a file with records older than this
     checkpoint_every: int = 1000  # records between signed checkpoints
@@ -57,8 +66,10 @@ class FileSinkConfig:
     file_mode: int = 0o640
 
     @property
-    def key_dir(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.log_dir
+    def key_path(self) -> Path:
+        return (
+            self.key_file if self.key_file is not None else self.log_dir.parent / PRIVATE_KEY_FILE
+        )
 
 
 class SealedLine(NamedTuple):
@@ -115,6 +126,20 @@ def last_good_line(path: Path) -> tuple[ChainLine, int, int] | None:
             window *= 4
 
 
+def write_witness(path: Path, witness: dict[str, Any]) -> None:
+    """Replaces ``path`` with ``witness`` as JSON, atomically and durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, json.dumps(witness, separators=(",", ":")).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 class FileSink:
     """Appends sealed lines to the current log file. Not thread-safe: one writer thread."""
 
@@ -124,13 +149,15 @@ class FileSink:
         instance_id: str,
         *,
         clock: Callable[[], float] = time.time,
+        signer: CheckpointSigner | None = None,
     ) -> None:
         self.config = config
         self.instance_id = instance_id
         self._clock = clock
         self._recovered = False
         self._lock_fd: int | None = None
-        self._signer: CheckpointSigner | None = None
+        # Loaded (and checked: apart from the logs, 0600) at the first open if not given.
+        self._signer = signer
         self._fd: int | None = None
         self._name = ""
         self._offset = 0
@@ -145,6 +172,7 @@ class FileSink:
         self._lines_since_checkpoint = 0
         self._records_in_file = 0
         self._last_checkpoint_at = clock()
+        self._pending_witness: dict[str, Any] | None = None
         self.committed: LogPosition | None = None
 
     # -- state ---------------------------------------------------------------------
@@ -188,7 +216,7 @@ class FileSink:
                 raise
             self._lock_fd = lock_fd
         if self._signer is None:
-            self._signer = load_or_create_signer(self.config.key_dir)
+            self._signer = load_or_create_signer(self.config.key_path, log_dir=log_dir)
         quarantined: list[str] = []
         for path in reversed(list_log_files(log_dir)):
             found = last_good_line(path)
@@ -242,6 +270,8 @@ class FileSink:
             "prev_file": self._prev_file,
             "crash": self._crash,
             "key_id": self._signer.key_id,
+            "key_fingerprint": self._signer.fingerprint,
+            "public_key": self._signer.public_key_b64,
         }
         line, digest = seal(encode_body(segment), first_seq, self._head)
         try:
@@ -264,20 +294,42 @@ class FileSink:
 
     # -- writing -------------------------------------------------------------------
 
-    def _checkpoint_line(self, seq: int, prev_hash: str) -> tuple[bytes, str]:
+    def _checkpoint_line(self, seq: int, prev_hash: str, reason: str) -> tuple[bytes, str]:
         assert self._signer is not None
         stamp = format_time(datetime.fromtimestamp(self._clock(), UTC))
         key = self._signer.key_id
-        message = checkpoint_message(self.instance_id, seq, prev_hash, stamp, key)
+        message = checkpoint_message(self.instance_id, seq, prev_hash, stamp, key, reason)
         body = {
             "v": RECORD_VERSION,
             "kind": KIND_CHECKPOINT,
             "time": stamp,
             "instance_id": self.instance_id,
             "key_id": key,
+            "reason": reason,
             "sig": self._signer.sign(message),
         }
-        return seal(encode_body(body), seq, prev_hash)
+        line, digest = seal(encode_body(body), seq, prev_hash)
+        self._pending_witness = {
+            **body,
+            "kind": "witness",
+            "file": self._name,
+            "seq": seq,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        }
+        return line, digest
+
+    def _witness(self) -> None:
+        """Publishes the checkpoint just made durable to the witness file (atomically):
+        best effort, a failure is logged and never stops the log."""
+        witness, self._pending_witness = self._pending_witness, None
+        path = self.config.witness_file
+        if witness is None or path is None:
+            return
+        try:
+            write_witness(path, witness)
+        except OSError as exc:
+            log.error("audit witness %s not written: %s", path, exc)
 
     def _write(self, data: bytes, durable: bool) -> None:
         assert self._fd is not None
@@ -334,13 +386,14 @@ class FileSink:
         checkpoint = self._records_since_checkpoint + len(bodies) >= self.config.checkpoint_every
         if checkpoint:
             seq += 1
-            line, head = self._checkpoint_line(seq, head)
+            line, head = self._checkpoint_line(seq, head, CHECKPOINT_PERIODIC)
             lines.append(line)
         self._write(b"".join(lines), durable or checkpoint)
         self._seq, self._head = seq, head
         self._records_in_file += len(bodies)
         if checkpoint:
             self._checkpoint_done()
+            self._witness()
         else:
             self._records_since_checkpoint += len(bodies)
             self._lines_since_checkpoint += len(bodies)
@@ -353,15 +406,16 @@ class FileSink:
         self._lines_since_checkpoint = 0
         self._last_checkpoint_at = self._clock()
 
-    def checkpoint(self, *, force: bool = False) -> None:
+    def checkpoint(self, *, force: bool = False, reason: str = CHECKPOINT_PERIODIC) -> None:
         """Writes a signed checkpoint now (durably) if any line is not yet covered."""
         if self._fd is None or (self._lines_since_checkpoint == 0 and not force):
             return
-        line, digest = self._checkpoint_line(self._seq + 1, self._head)
+        line, digest = self._checkpoint_line(self._seq + 1, self._head, reason)
         self._write(line, durable=True)
         self._seq, self._head = self._seq + 1, digest
         self._checkpoint_done()
         self.committed = LogPosition(self._name, self._offset)
+        self._witness()
 
     def open(self) -> None:
         """Recovers the chain head and starts a new file, unless one is open."""
@@ -398,7 +452,7 @@ class FileSink:
         if self._offset < self.config.max_bytes and now - self._opened_at < self.config.max_age_s:
             return
         try:
-            self.checkpoint()
+            self.checkpoint(reason=CHECKPOINT_ROTATE)
             self.sync()
         except OSError as exc:
             log.warning("audit log %s: rotation postponed: %s", self._name, exc)
@@ -411,11 +465,12 @@ class FileSink:
             log.warning("audit log rotation: cannot open the next file: %s", exc)
 
     def close(self) -> None:
-        """Seals the current file with a checkpoint, syncs it and releases the dir lock."""
+        """Seals the current file with a closing checkpoint (always: it is what says the
+        log ended cleanly), syncs it and releases the dir lock."""
         try:
             if self._fd is not None:
-                self.checkpoint()
                 self.sync()
+                self.checkpoint(force=True, reason=CHECKPOINT_CLOSE)
         finally:
             if self._fd is not None:
                 with contextlib.suppress(OSError):

@@ -1,15 +1,22 @@
-"""The Ed25519 key that signs checkpoints: created on first use, kept in the state dir.
+"""The Ed25519 key that signs checkpoints: created on first use, kept apart from the logs.
 
-``audit-signing.key`` (PKCS#8 PEM, mode 0600) and ``audit-signing.pub`` (SPKI PEM) sit
-side by side; verifiers need only the public file. A key id (first 16 hex digits of the
-SHA-256 of the raw public key) is written into every checkpoint so a rotated key is named.
+The private key (PKCS#8 PEM, mode 0600, by default ``audit-signing.key`` in pdp's state
+directory, never in the audit log directory) and its public half (SPKI PEM, same name
+with ``.pub``) sit side by side. Whoever can write the logs must not be able to read the
+key: a key in the log directory is refused at start, and so is a key file that others
+may read (anything but 0600). The key's fingerprint (SHA-256 of the raw public key, 64
+hex digits) is printed at start and recorded, with the public key, in every segment
+line; verifiers pin it (``pdp audit verify --key-fingerprint``). The key id in every
+checkpoint is its first 16 hex digits, so a rotated key is named.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -24,18 +31,37 @@ class SigningKeyError(Exception):
     """The checkpoint key cannot be loaded or created; the message says which file and why."""
 
 
+def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw public key, 64 lowercase hex digits."""
+    return hashlib.sha256(raw_public_key(public_key)).hexdigest()
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return fingerprint(public_key)[:16]
+
+
+def public_key_from_base64(text: str) -> Ed25519PublicKey:
+    """The public key as recorded in a segment line (base64 of the 32 raw bytes)."""
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error):
+        raise SigningKeyError("not a base64 Ed25519 public key") from None
 
 
 class CheckpointSigner:
     """Signs checkpoint messages with an Ed25519 private key."""
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
         self._key = private_key
+        self.path = path
         self.public_key = private_key.public_key()
-        self.key_id = key_id(self.public_key)
+        self.fingerprint = fingerprint(self.public_key)
+        self.key_id = self.fingerprint[:16]
+        self.public_key_b64 = base64.b64encode(raw_public_key(self.public_key)).decode("ascii")
 
     def sign(self, message: bytes) -> str:
         return base64.b64encode(self._key.sign(message)).decode("ascii")
@@ -67,11 +93,51 @@ def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     )
 
 
-def load_or_create_signer(state_dir: Path) -> CheckpointSigner:
-    """Loads ``state_dir/audit-signing.key``, creating it (and the .pub) if absent."""
-    private_path = state_dir / PRIVATE_KEY_FILE
-    public_path = state_dir / PUBLIC_KEY_FILE
+def public_key_path(private_path: Path) -> Path:
+    """Where the public half of ``private_path`` is kept: same name, ``.pub``."""
+    return private_path.with_name(private_path.stem + ".pub")
+
+
+def check_key_apart(private_path: Path, log_dir: Path) -> None:
+    """Refuses a key inside the log directory, and an old layout's key left there (before
+    pdp kept the key apart): whoever can write the logs could re-sign them."""
+    log_dir = log_dir.resolve()
+    if private_path.resolve().is_relative_to(log_dir):
+        raise SigningKeyError(
+            f"{private_path}: the checkpoint signing key must not live in the audit log "
+            f"directory {log_dir} (whoever can write the logs could re-sign them); "
+            "put it in the state directory or give another path"
+        )
+    legacy = log_dir / PRIVATE_KEY_FILE
+    if legacy.exists():
+        raise SigningKeyError(
+            f"{legacy}: a checkpoint signing key in the audit log directory (the layout "
+            "before pdp kept the key apart). Move it where pdp now looks for it, with its "
+            f".pub: `mv {legacy} {public_key_path(legacy)} {private_path.parent}/` (rename "
+            f"them to {private_path.name} and {public_key_path(private_path).name} if "
+            "those differ), then pin its fingerprint for `pdp audit verify`. pdp does not "
+            "move or ignore it by itself."
+        )
+
+
+def _check_mode(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SigningKeyError(
+            f"{path}: the checkpoint signing key is readable or writable by others (mode "
+            f"{mode:04o}); allow its owner only: chmod 600 {path}"
+        )
+
+
+def load_or_create_signer(private_path: Path, *, log_dir: Path | None = None) -> CheckpointSigner:
+    """Loads the key at ``private_path``, creating it (and its .pub) if absent.
+
+    With ``log_dir``: refuses a key kept in (or left behind in) the log directory."""
+    if log_dir is not None:
+        check_key_apart(private_path, log_dir)
+    public_path = public_key_path(private_path)
     if private_path.exists():
+        _check_mode(private_path)
         try:
             key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
         except ValueError as exc:
@@ -84,7 +150,7 @@ def load_or_create_signer(state_dir: Path) -> CheckpointSigner:
                 f"{private_path} is missing but {public_path} exists: restore the private key, "
                 "or move the public key away to start a new key (old checkpoints then need it)"
             )
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -92,7 +158,7 @@ def load_or_create_signer(state_dir: Path) -> CheckpointSigner:
             serialization.NoEncryption(),
         )
         _write_new(private_path, pem, 0o600)
-    signer = CheckpointSigner(key)
+    signer = CheckpointSigner(key, private_path)
     expected = public_key_pem(signer.public_key)
     if not public_path.exists() or public_path.read_bytes() != expected:
         _write_new(public_path, expected, 0o644)

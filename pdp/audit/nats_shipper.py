@@ -70,7 +70,7 @@ class NatsShipperConfig:
     tls: ssl.SSLContext | None = None
     user_credentials: str | None = None
     client_name: str = "pdp-audit-shipper"
-    position_file: str = ""  # default: nats-<stream>.position.json in the state dir
+    position_file: str = ""  # default: nats-<stream>.position.json in the log dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +241,7 @@ class NatsShipper:
     def __init__(
         self,
         log_dir: Path,
-        state_dir: Path,
+        position_dir: Path,
         config: NatsShipperConfig | None = None,
         *,
         committed: Callable[[], LogPosition | None] | None = None,
@@ -251,7 +251,7 @@ class NatsShipper:
         name = (
             self.config.position_file or f"nats-{subject_token(self.config.stream)}.position.json"
         )
-        self._position_path = state_dir / name
+        self._position_path = position_dir / name
         self._tail = LogTail(log_dir, self._load_position(), committed)
         self._acked = self._tail.position
         self._loop: asyncio.AbstractEventLoop | None = None

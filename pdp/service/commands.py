@@ -54,6 +54,8 @@ class ServeOptions:
     audit_dir: str | None = None  # default: <state dir>/audit
     audit_mode: str = "sync"  # durable: no answer before its record is on disk
     audit_off: bool = False
+    audit_key: str | None = None  # default: config audit.key_file, else STATE_DIR/audit-signing.key
+    audit_witness: str | None = None  # default: config audit.witness_file
     nats: str | None = None
     shadow_policies: str | None = None
     watch: bool = True
@@ -62,7 +64,16 @@ class ServeOptions:
     metrics: str | None = None  # PORT or HOST:PORT of the Prometheus endpoint
 
 
-def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
+def audit_key_file(options: ServeOptions, config: ServiceConfig, state_dir: Path) -> Path:
+    """The checkpoint signing key: --audit-key, audit.key_file, or the state directory's."""
+    from pdp.audit.keys import PRIVATE_KEY_FILE
+
+    if options.audit_key:
+        return Path(options.audit_key)
+    return config.audit.key_file or state_dir / PRIVATE_KEY_FILE
+
+
+def _open_audit(options: ServeOptions, config: ServiceConfig, state_dir: Path) -> Any:
     """The audit stream for `serve` (None when switched off): file log, optional NATS."""
     from pdp.audit.config import AuditConfig, open_audit
     from pdp.audit.filesink import FileSinkConfig
@@ -72,17 +83,47 @@ def _open_audit(options: ServeOptions, state_dir: Path) -> Any:
     if options.audit_off:
         return None
     log_dir = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
+    witness = Path(options.audit_witness) if options.audit_witness else config.audit.witness_file
     if options.worker_index is not None:
         from pdp.service.workers import audit_dir_of
 
         log_dir = audit_dir_of(log_dir, options.worker_index)
+        if witness is not None:
+            witness = witness.with_name(f"{witness.name}.{log_dir.name}")
     return open_audit(
         AuditConfig(
-            file=FileSinkConfig(log_dir=log_dir),
+            file=FileSinkConfig(
+                log_dir=log_dir,
+                key_file=audit_key_file(options, config, state_dir),
+                witness_file=witness,
+            ),
             pipeline=PipelineConfig(mode=DeliveryMode(options.audit_mode)),
             nats=NatsShipperConfig(servers=(options.nats,)) if options.nats else None,
+            key_fingerprint=config.audit.key_fingerprint,
         )
     )
+
+
+def _audit_lines(audit: Any, options: ServeOptions) -> list[str]:
+    """What an operator needs to check this log later: the key, its fingerprint to pin,
+    and where the witness is (or that there is none)."""
+    file = audit.config.file
+    signer = audit.signer
+    lines = [
+        f"audit log {file.log_dir} ({options.audit_mode})"
+        + (f", shipped to NATS {options.nats}" if options.nats else ""),
+        f"audit checkpoints signed with {signer.path}, key fingerprint {signer.fingerprint}",
+        f"verify with: pdp audit verify --key-fingerprint {signer.fingerprint}"
+        f" --require-pinned {file.log_dir}",
+    ]
+    if file.witness_file is not None:
+        lines.append(f"audit witness (latest checkpoint) written to {file.witness_file}")
+    else:
+        lines.append(
+            "no audit witness file (audit.witness_file / --audit-witness): a log cut back to"
+            " an older checkpoint cannot be told from a complete one"
+        )
+    return lines
 
 
 def agent_trust_domains(inventory_entities: Sequence[dict[str, Any]]) -> list[str]:
@@ -199,7 +240,7 @@ def serve(options: ServeOptions) -> int:
     except (IdentityError, ValueError, OSError) as exc:
         return _error(f"cannot load the server identity: {exc}")
     try:
-        audit = _open_audit(options, state_dir)
+        audit = _open_audit(options, config, state_dir)
     except Exception as exc:  # a broken audit setup must stop the start, loudly
         return _error(f"cannot open the audit log: {exc}")
     try:
@@ -297,10 +338,8 @@ def _serve_until_stopped(
         if endpoint is not None:
             say(f"pdp: metrics on {endpoint.url} (worker {metrics.worker if metrics else 0})")
         if audit is not None:
-            say(
-                f"pdp: audit log {audit.config.file.log_dir} ({options.audit_mode})"
-                + (f", shipped to NATS {options.nats}" if options.nats else "")
-            )
+            for line in _audit_lines(audit, options):
+                say(f"pdp: {line}")
         else:
             say("pdp: WARNING: audit is off (--no-audit)")
         say(
@@ -337,11 +376,18 @@ def _supervise(
 
     if options.dev:
         ensure_dev_state(state_dir)  # once, before workers race to create it
+    audit_base = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
+    if not options.audit_off:  # one signing key for every worker's chain, made once
+        from pdp.audit.keys import SigningKeyError, load_or_create_signer
+
+        try:
+            load_or_create_signer(audit_key_file(options, config, state_dir), log_dir=audit_base)
+        except (SigningKeyError, OSError) as exc:
+            return _error(f"cannot open the audit log: {exc}")
     try:
         listen, reservation = reserve_port(config.listen)
     except OSError as exc:
         return _error(str(exc))
-    audit_base = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
     argvs = []
     for index in range(workers):
         argv = [*python_entry(), "serve", "--listen", listen, "--workers", str(workers)]
@@ -352,6 +398,8 @@ def _supervise(
             ("--policies", options.policies),
             ("--audit-dir", str(audit_base)),
             ("--nats", options.nats),
+            ("--audit-key", options.audit_key),
+            ("--audit-witness", options.audit_witness),
             ("--shadow-policies", options.shadow_policies),
             ("--metrics", options.metrics),
         ):

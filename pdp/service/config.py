@@ -29,12 +29,17 @@ Example (every key optional except what the identity source needs)::
       intent_issuers: [{issuer: https://approvals.acme.test, jwks: approvals.jwks.json}]
       require_signed_intent: {groups: [finance]}
       require_agent_proof: {trust_domains: [acme.test]}
+    audit:
+      key_file: /var/lib/pdp/keys/audit-signing.key   # default: STATE_DIR/audit-signing.key
+      witness_file: /mnt/witness/pdp-audit.witness    # where the log's writer cannot write
+      key_fingerprint: 3f0c...                        # pin (64 hex digits, printed at start)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +140,23 @@ MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
+class AuditOptions:
+    """Where the audit log's trust anchors live (see pdp/audit/RECORD.md)."""
+
+    # The checkpoint signing key (PEM, 0600, created if absent); never in the audit
+    # log directory. None: audit-signing.key in the state directory.
+    key_file: Path | None = None
+    # Also written at every checkpoint (seq, hash, signature), e.g. on another volume
+    # or host mount the log's writer cannot rewrite: `pdp audit verify --witness`.
+    # With --workers N each worker writes FILE.worker-K.
+    witness_file: Path | None = None
+    # Pins: `pdp serve` refuses to start with another key, and `pdp audit verify
+    # --config` trusts only this key (fingerprint: 64 hex digits, printed at start).
+    key_fingerprint: str = ""
+    public_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerOptions:
     # Decisions run on the grpc.aio event loop; these threads only serve a sink that
     # waits for I/O (the synchronous audit log), one flush of coalesced calls each.
@@ -187,6 +209,7 @@ class ServiceConfig:
     # pdp's own files: the policy archive and, unless --audit-dir, the audit log. Without
     # --dev it must be configured (here, --state-dir or systemd's $STATE_DIRECTORY).
     state_dir: Path | None = None
+    audit: AuditOptions = field(default_factory=AuditOptions)
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -242,6 +265,11 @@ def _check_config(config: ServiceConfig) -> None:
             raise ConfigError(
                 f"audit_watchers[{index}]: {pattern!r} is not a SPIFFE ID pattern: {exc}"
             ) from None
+    fingerprint = config.audit.key_fingerprint
+    if fingerprint and not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+        raise ConfigError(
+            "audit.key_fingerprint: must be the 64 lowercase hex digits pdp serve prints"
+        )
     if isinstance(config.identity, FileIdentity):
         for trust_domain in config.identity.bundles:
             try:
@@ -495,6 +523,15 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     server = ServerOptions(**_dataclass_section(server_section, ServerOptions, defaults.server))
     server_section.done()
     proof = _proof(root.section("proof"), base)
+    audit_section = root.section("audit")
+    paths = {
+        name: base / value if (value := audit_section.get(name, str, None)) else None
+        for name in ("key_file", "witness_file", "public_key")
+    }
+    audit = AuditOptions(
+        key_fingerprint=audit_section.get("key_fingerprint", str, "").lower(), **paths
+    )
+    audit_section.done()
     root.done()
     return ServiceConfig(
         listen=listen,
@@ -508,6 +545,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         metrics_listen=str(metrics_listen),
         proof=proof,
         state_dir=state_dir,
+        audit=audit,
     )
 
 

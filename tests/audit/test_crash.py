@@ -125,7 +125,7 @@ def test_kill_9_while_writing_in_sync_mode(tmp_path: Path, script: str) -> None:
     in_file = set(record_ids(log_dir))
     missing = [i for i in answered if i not in in_file]
     assert not missing, f"{len(missing)} answered decisions have no durable record"
-    key = load_public_key(log_dir / PUBLIC_KEY_FILE)
+    key = load_public_key(log_dir.parent / PUBLIC_KEY_FILE)
     report = verify_files([log_dir], key, require_genesis=True)
     assert report.ok, report.summary()
     assert report.records == len(in_file) >= len(answered)

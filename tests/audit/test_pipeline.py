@@ -25,12 +25,12 @@ from pdp.audit import (
     verify_files,
 )
 from pdp.audit.chain import list_log_files
-from pdp.audit.keys import PUBLIC_KEY_FILE
+from pdp.audit.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from tests.audit.helpers import ALLOW, INSTANCE, log_lines, make_record, open_pipeline, record_ids
 
 
 def verify(*dirs: Path, key_dir: Path | None = None) -> None:
-    key = load_public_key((key_dir or dirs[0]) / PUBLIC_KEY_FILE)
+    key = load_public_key((key_dir or dirs[0].parent) / PUBLIC_KEY_FILE)
     report = verify_files(list(dirs), key, require_genesis=True)
     assert report.ok, report.summary()
 
@@ -204,7 +204,7 @@ def test_log_dir_replaced_by_a_file_while_running(tmp_path: Path) -> None:
     log_dir, moved = tmp_path / "audit", tmp_path / "audit.moved"
     key_dir = tmp_path / "keys"
     # Rotate after every batch so that every write needs a new file in the dir.
-    pipeline = open_pipeline(log_dir, sink={"max_bytes": 1, "state_dir": key_dir})
+    pipeline = open_pipeline(log_dir, sink={"max_bytes": 1, "key_file": key_dir / PRIVATE_KEY_FILE})
     assert pipeline.submit(make_record()).wait(5)
     log_dir.rename(moved)
     log_dir.write_text("")
@@ -255,7 +255,9 @@ def fill(path: Path) -> None:
 def test_disk_full_in_sync_mode_fails_closed_then_recovers(tmp_path: Path) -> None:
     with tiny_tmpfs(tmp_path / "mnt") as mnt:
         log_dir, key_dir = mnt / "log", tmp_path / "keys"
-        pipeline = open_pipeline(log_dir, sink={"state_dir": key_dir, "checkpoint_every": 5})
+        pipeline = open_pipeline(
+            log_dir, sink={"key_file": key_dir / PRIVATE_KEY_FILE, "checkpoint_every": 5}
+        )
         good = [pipeline.submit(make_record()) for _ in range(3)]
         assert all(t.wait(5) for t in good)
         fill(mnt / "filler")
@@ -282,7 +284,10 @@ def test_disk_full_in_async_mode_retries_and_rejects_new_records(tmp_path: Path)
     with tiny_tmpfs(tmp_path / "mnt") as mnt:
         log_dir, key_dir = mnt / "log", tmp_path / "keys"
         pipeline = open_pipeline(
-            log_dir, DeliveryMode.ASYNC, sink={"state_dir": key_dir}, retry_max_s=0.05
+            log_dir,
+            DeliveryMode.ASYNC,
+            sink={"key_file": key_dir / PRIVATE_KEY_FILE},
+            retry_max_s=0.05,
         )
         assert pipeline.submit(make_record()).wait(5)
         fill(mnt / "filler")

@@ -22,7 +22,7 @@ RECORDS = 60
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A closed log of 60 records over several rotated files, a checkpoint every 10."""
-    log_dir = tmp_path_factory.mktemp("pristine")
+    log_dir = tmp_path_factory.mktemp("pristine") / "log"  # the key goes beside it
     pipeline = open_pipeline(log_dir, sink={"max_bytes": 6000, "checkpoint_every": 10})
     for i in range(RECORDS):
         assert pipeline.submit(make_record({"path": f"/srv/{i}.txt"})).wait(5)
@@ -32,13 +32,13 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def log_dir(pristine: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "log"
-    shutil.copytree(pristine, copy)
-    return copy
+    copy = tmp_path / "copy"
+    shutil.copytree(pristine.parent, copy)
+    return copy / "log"
 
 
 def key(log_dir: Path) -> Ed25519PublicKey:
-    return load_public_key(log_dir / PUBLIC_KEY_FILE)
+    return load_public_key(log_dir.parent / PUBLIC_KEY_FILE)
 
 
 def files(log_dir: Path) -> list[Path]:
@@ -267,7 +267,9 @@ def test_cli_exit_codes(log_dir: Path, capsys: pytest.CaptureFixture[str], tmp_p
     assert main([*map(str, files(log_dir)), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["problem"]["line"] == 2 and out["problem"]["code"] == "hash_mismatch"
-    empty = tmp_path / "nokey"
+    assert main([str(log_dir), "--public-key", str(tmp_path / "absent.pub")]) == 2
+    empty = tmp_path / "empty"
     empty.mkdir()
-    shutil.copy(path, empty / path.name)
-    assert main([str(empty)]) == 2
+    assert main([str(empty)]) == 1  # an empty log proves nothing
+    assert "no audit log files" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing")]) == 1

@@ -683,7 +683,7 @@ def test_shadow_from_a_nats_stream(
     shadow_engine = engine(make_widening(candidate("widen")))
     log_dir = tmp_path / "audit"
     config = AuditConfig(
-        FileSinkConfig(log_dir, state_dir=tmp_path / "state"),
+        FileSinkConfig(log_dir, key_file=tmp_path / "state" / "audit-signing.key"),
         instance_id="pdp-shadow",
         nats=NatsShipperConfig(servers=(nats_url,), stream=STREAM, poll_interval_s=0.05),
     )

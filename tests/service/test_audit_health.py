@@ -129,7 +129,9 @@ def test_disk_full_denies_and_reports_not_serving_until_it_recovers(
     with tiny_tmpfs(tmp_path / "mnt") as mnt:
         audit = open_audit(
             AuditConfig(
-                file=FileSinkConfig(mnt / "audit", state_dir=tmp_path / "keys"),
+                file=FileSinkConfig(
+                    mnt / "audit", key_file=tmp_path / "keys" / "audit-signing.key"
+                ),
                 instance_id="health-test",
                 pipeline=PipelineConfig(mode=DeliveryMode.SYNC, retry_max_s=0.2),
             )

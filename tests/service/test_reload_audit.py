@@ -76,9 +76,7 @@ def test_reload_record_is_chained_verified_and_skipped_by_replay(tmp_path: Path)
         "detail": "invalid policies: /etc/pdp/policies/x.cedar:3: unexpected token",
         "duration_ms": 12.346,
     }
-    report = verify_files(
-        [tmp_path / "audit"], load_public_key(tmp_path / "audit" / "audit-signing.pub")
-    )
+    report = verify_files([tmp_path / "audit"], load_public_key(tmp_path / "audit-signing.pub"))
     assert report.ok, report
     assert report.records == 1
     assert read_record("x:2", raw) == Skipped("x:2", LineKind.EVENT)

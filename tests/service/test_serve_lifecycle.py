@@ -168,3 +168,64 @@ def test_serve_drains_and_seals_when_nobody_reads_its_output(tmp_path: Path) -> 
         for line in path.read_text().splitlines()
     ]
     assert answered["decision_id"] in {r.get("decision_id") for r in records}
+
+
+def test_serve_keeps_the_signing_key_apart_and_prints_its_fingerprint(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    witness = tmp_path / "elsewhere" / "pdp.witness"
+    server, address = start_serve(
+        state, copy_policies(tmp_path / "policies"), "--audit-witness", str(witness)
+    )
+    assert server.stdout is not None
+    printed = ""
+    while "audit witness" not in printed:
+        printed += server.stdout.readline()
+    fingerprint = re.search(r"key fingerprint ([0-9a-f]{64})", printed)
+    assert fingerprint, printed
+    assert str(state / "audit-signing.key") in printed and str(witness) in printed
+    call(state, address)
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=60)
+    assert server.returncode == 0
+    assert (state / "audit-signing.key").stat().st_mode & 0o777 == 0o600
+    assert not list((state / "audit").glob("*.key")) + list((state / "audit").glob("*.pub"))
+    verify = subprocess.run(
+        [
+            *(PDP, "audit", "verify", str(state / "audit")),
+            *("--key-fingerprint", fingerprint.group(1), "--require-pinned"),
+            *("--require-sealed", "--witness", str(witness)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    unpinned = subprocess.run(
+        [PDP, "audit", "verify", "--require-pinned", str(state / "audit")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unpinned.returncode == 1 and "UNPINNED" in unpinned.stdout
+
+
+def test_serve_refuses_a_key_left_in_the_audit_directory_by_an_older_pdp(tmp_path: Path) -> None:
+    """Upgrade from the layout that kept the key beside the logs: a clear message, no
+    silent new key (which would leave the old chain unverifiable) and no silent reuse."""
+    from pdp.audit.keys import load_or_create_signer
+
+    state = tmp_path / "state"
+    load_or_create_signer(state / "audit" / "audit-signing.key")
+    result = subprocess.run(
+        [
+            *(PDP, "serve", "--dev", "--state-dir", str(state), "--listen", "127.0.0.1:0"),
+            *("--policies", str(copy_policies(tmp_path / "policies")), "--no-watch"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "layout before pdp kept the key apart" in result.stderr and "mv " in result.stderr
+    assert not (state / "audit-signing.key").exists()
