@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -494,3 +495,40 @@ class NatsShipper:
                 raise error if error is not None else RuntimeError("publish failed")
             if self._stopping and time.monotonic() > self._stop_deadline:
                 return
+
+
+def latest_checkpoint(
+    url: str, stream: str, subject: str, *, scan: int = 100_000, timeout: float = 5.0
+) -> dict[str, Any] | None:
+    """The latest checkpoint line published to ``subject`` of ``stream`` (decoded JSON,
+    hash-checked), or None if the last ``scan`` messages hold none: the NATS copy of the
+    witness, for ``pdp audit verify --witness nats://…``. It may lag the log (the shipper
+    publishes after the write), never lead it."""
+
+    async def find() -> dict[str, Any] | None:
+        client = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0)
+        try:
+            js = client.jetstream(timeout=timeout)
+            info = await js.stream_info(stream)
+            seq = info.state.last_seq
+            first = max(info.state.first_seq, seq - scan + 1)
+            while seq >= first and seq > 0:
+                try:
+                    message = await js.get_msg(stream, seq)
+                except NotFoundError:  # deleted or expired
+                    seq -= 1
+                    continue
+                seq -= 1
+                kind = (message.headers or {}).get(HEADER_KIND)
+                if message.subject != subject or kind != "checkpoint" or message.data is None:
+                    continue
+                try:
+                    line = parse_line(message.data)
+                except ChainError:
+                    continue  # not a valid line: verify's own check of the log decides
+                return {**line.data, "hash": line.hash}
+            return None
+        finally:
+            await client.close()
+
+    return asyncio.run(find())

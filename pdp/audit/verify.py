@@ -107,7 +107,35 @@ class Witness:
     @classmethod
     def load(cls, path: Path) -> Witness:
         try:
-            data = json.loads(path.read_bytes())
+            return cls.from_data(json.loads(path.read_bytes()))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_nats(cls, url: str) -> Witness:
+        """``nats://HOST:PORT/STREAM/SUBJECT``: the latest checkpoint line the shipper
+        published there (e.g. ``nats://nats:4222/PDP_AUDIT/pdp.audit.host-1``)."""
+        from urllib.parse import urlsplit
+
+        from pdp.audit.nats_shipper import latest_checkpoint
+
+        parts = urlsplit(url)
+        stream, _, subject = parts.path.strip("/").partition("/")
+        if not stream or not subject:
+            raise ValueError(f"{url}: give nats://HOST:PORT/STREAM/SUBJECT")
+        try:
+            data = latest_checkpoint(f"{parts.scheme}://{parts.netloc}", stream, subject)
+        except Exception as exc:  # connection refused, no such stream...
+            raise ValueError(
+                f"{url}: cannot read the witness: {type(exc).__name__}: {exc}"
+            ) from None
+        if data is None:
+            raise ValueError(f"{url}: no checkpoint published on {subject} in {stream}")
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: Any) -> Witness:
+        try:
             return cls(
                 instance_id=str(data["instance_id"]),
                 seq=int(data["seq"]),
@@ -118,8 +146,8 @@ class Witness:
                 reason=None if data.get("reason") is None else str(data["reason"]),
                 sig=str(data["sig"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a pdp audit witness ({exc})") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a pdp audit witness ({exc})") from None
 
     def message(self) -> bytes:
         return checkpoint_message(
@@ -633,10 +661,10 @@ def main(argv: Sequence[str] | None = None, *, configured: Pins | None = None) -
     )
     parser.add_argument(
         "--witness",
-        type=Path,
-        metavar="FILE",
-        help="the witness file pdp serve keeps (audit.witness_file): fail unless the log "
-        "holds its checkpoint (for a --workers base dir: FILE.worker-K per worker)",
+        metavar="FILE|URL",
+        help="the witness file pdp serve keeps (audit.witness_file), or the NATS copy "
+        "(nats://HOST:PORT/STREAM/SUBJECT): fail unless the log holds that checkpoint "
+        "(for a --workers base dir: FILE.worker-K per worker)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
@@ -664,12 +692,9 @@ def main(argv: Sequence[str] | None = None, *, configured: Pins | None = None) -
     code = EXIT_OK
     reports: dict[str, Any] = {}
     for name, paths in chains:
-        witness_path = args.witness
-        if witness_path is not None and name:
-            witness_path = witness_path.with_name(f"{witness_path.name}.{name}")
         try:
             public_key = load_public_key(pins.public_key) if pins.public_key else None
-            witness = Witness.load(witness_path) if witness_path is not None else None
+            witness = _witness(args.witness, name)
             beside: Path | None = None
             if public_key is None and not _records_key(paths):
                 # Written before segment lines recorded their key: the .pub beside the
@@ -701,6 +726,15 @@ def main(argv: Sequence[str] | None = None, *, configured: Pins | None = None) -
     if args.json:
         print(json.dumps(reports if len(chains) > 1 else reports[next(iter(reports))], indent=2))
     return code
+
+
+def _witness(given: str | None, chain: str) -> Witness | None:
+    if given is None:
+        return None
+    if given.startswith(("nats://", "tls://")):
+        return Witness.from_nats(given)
+    path = Path(given)
+    return Witness.load(path.with_name(f"{path.name}.{chain}") if chain else path)
 
 
 def _records_key(paths: Sequence[Path]) -> bool:

@@ -214,3 +214,24 @@ def test_no_planted_secret_reaches_any_sink_byte(tmp_path: Path, nats_server: Na
         ):
             assert secret.encode() not in data, f"{secret!r} leaked to {where}"
     assert all(r["arguments_redacted"] for r in seen)
+
+
+def test_the_nats_stream_is_a_witness_verify_can_check(
+    tmp_path: Path, nats_server: NatsServer, capsys: Any
+) -> None:
+    """The shipper publishes every checkpoint line: `verify --witness nats://…` checks
+    the log against the latest one, so cutting the log back to an older run fails."""
+    from pdp.audit.verify import main as verify
+
+    log_dir = tmp_path / "log"
+    for _ in range(2):  # two runs: two files, each ending with a closing checkpoint
+        audit = open_audit(log_dir, nats_server)
+        for _ in range(5):
+            decide(audit)
+        assert audit.close(timeout=30)
+    witness = f"{nats_server.url}/{STREAM}/pdp.audit.{INSTANCE}"
+    assert verify([str(log_dir), "--require-sealed", "--witness", witness]) == 0
+    list_log_files(log_dir)[-1].unlink()  # the second run, gone; the rest ends sealed
+    assert verify([str(log_dir), "--require-sealed"]) == 0
+    assert verify([str(log_dir), "--require-sealed", "--witness", witness]) == 1
+    assert "truncated" in capsys.readouterr().out
