@@ -145,6 +145,7 @@ class Pdp:
     port: int
     audit_dir: Path | None
     nats: NatsServer | None = None  # its own nats-server (nats mode)
+    source: Path | None = None  # the tree it runs from (None: this one)
     sent: int = 0  # decisions answered (readiness checks, warm-up and load)
     rate: dict[str, float] = field(default_factory=dict)  # last calls/s per method
     rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -202,7 +203,7 @@ def start_pdp(name: str, mode: str, work: Path, config: Path, source: Path | Non
     process = subprocess.Popen(
         command, cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    return Pdp(name, mode, process, port, audit_dir, nats)
+    return Pdp(name, mode, process, port, audit_dir, nats, source)
 
 
 def check_answers(server: Pdp, state: Path) -> None:
@@ -317,9 +318,12 @@ def audit_check(server: Pdp, shipped: int | None) -> tuple[bool, str]:
     if server.audit_dir is None:
         return True, "-"
     command = [str(PYTHON), "-m", "pdp.cli", "audit", "verify", "--require-sealed"]
+    # Each log is verified by the pdp that wrote it (a baseline's log format may differ).
+    env = {**os.environ, "PYTHONPATH": str(server.source or REPO)}
     verify = subprocess.run(
         [*command, str(server.audit_dir)],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         check=False,

@@ -765,7 +765,13 @@ def _requirements(report: VerifyReport, args: argparse.Namespace) -> list[str]:
             "--key-fingerprint, or pin it in the configuration"
         )
     if args.require_sealed and report.ok and not report.sealed:
-        last = report.last_checkpoint_reason or "none at the end"
+        if report.last_checkpoint_reason is None and report.unsigned_tail == 0:
+            last = (
+                "one without a reason: written by a pdp before checkpoints said close, "
+                "rotate or periodic, so a clean close cannot be told from a cut"
+            )
+        else:
+            last = report.last_checkpoint_reason or "none at the end"
         failures.append(
             "the log does not end with a closing checkpoint and nothing after it "
             f"(--require-sealed; last checkpoint: {last})"

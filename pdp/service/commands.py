@@ -286,7 +286,7 @@ def _serve_until_stopped(
         sink = NullSink()
     metrics = None
     if config.metrics_listen:
-        from pdp.service.metrics import MeteredSink, ServiceMetrics, audit_state
+        from pdp.service.metrics import ServiceMetrics, audit_state, metered
 
         metrics = ServiceMetrics(
             runtime,
@@ -295,7 +295,7 @@ def _serve_until_stopped(
             audit=audit_state(audit) if audit is not None else None,
             serving=lambda: server.serving,
         )
-        sink = MeteredSink(sink, metrics)
+        sink = metered(sink, metrics)
         runtime.add_listener(metrics.on_reload)
     if options.watch:
         runtime.watch()

@@ -55,7 +55,13 @@ from pdp.model import (
     Decision,
 )
 from pdp.service.config import ConfigError
-from pdp.service.sink import DecisionEvent, DecisionSink, RefusalEvent
+from pdp.service.sink import (
+    DecisionEvent,
+    DecisionSink,
+    DeferredDecisionSink,
+    PendingRecords,
+    RefusalEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +236,47 @@ class MeteredSink:
         except Exception:
             log.exception("counting a refusal for the metrics failed")
         self._inner.record_refusal(event)
+
+
+class MeteredDeferredSink(MeteredSink):
+    """:class:`MeteredSink` for a sink that calls back (``DeferredDecisionSink``, the
+    durable audit log): decisions are counted when the service reads their outcome."""
+
+    def __init__(self, inner: DeferredDecisionSink, metrics: ServiceMetrics) -> None:
+        super().__init__(inner, metrics)
+        self._deferred = inner
+
+    def submit_decisions(
+        self,
+        events: Sequence[DecisionEvent],
+        timeout: float | None,
+        on_settled: Callable[[], None],
+    ) -> PendingRecords:
+        pending = self._deferred.submit_decisions(events, timeout, on_settled)
+        return _MeteredPending(pending, events, self._metrics)
+
+
+class _MeteredPending:
+    def __init__(
+        self, inner: PendingRecords, events: Sequence[DecisionEvent], metrics: ServiceMetrics
+    ) -> None:
+        self._inner, self._events, self._metrics = inner, events, metrics
+        self.wait_s = inner.wait_s
+
+    def flags(self) -> Sequence[bool]:
+        flags = self._inner.flags()
+        try:
+            self._metrics.count_decisions(self._events, [flag is True for flag in flags])
+        except Exception:  # counting must never cost a decision
+            log.exception("counting decisions for the metrics failed")
+        return flags
+
+
+def metered(inner: DecisionSink, metrics: ServiceMetrics) -> MeteredSink:
+    """The counting wrapper that keeps ``inner``'s shape (deferred or not)."""
+    if hasattr(inner, "submit_decisions"):
+        return MeteredDeferredSink(inner, metrics)  # type: ignore[arg-type]
+    return MeteredSink(inner, metrics)
 
 
 class _WorkerLabel(Collector):
