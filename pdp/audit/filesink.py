@@ -230,7 +230,13 @@ class FileSink:
                 continue
             line, end, size = found
             self._seq, self._head, self._prev_file = line.seq, line.hash, path.name
-            if line.kind != KIND_CHECKPOINT or size > end or quarantined:
+            # Clean only after a closing checkpoint (or one from before checkpoints had
+            # reasons); a kill right after a periodic checkpoint is still a crash.
+            closed = line.kind == KIND_CHECKPOINT and line.data.get("reason") in (
+                CHECKPOINT_CLOSE,
+                None,
+            )
+            if not closed or size > end or quarantined:
                 self._reason = "recover"
                 self._crash = {"file": path.name, "offset": end, "torn_bytes": size - end}
                 if quarantined:

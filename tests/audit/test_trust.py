@@ -335,3 +335,20 @@ def test_the_writer_names_checkpoints_by_why_they_were_made(tmp_path: Path) -> N
     ]
     assert reasons[-1] == "close" and "periodic" in reasons and "rotate" in reasons
     assert set(reasons) <= {"close", "rotate", "periodic"}
+
+
+def test_a_log_ending_at_a_periodic_checkpoint_is_recovered_not_restarted(
+    tmp_path: Path,
+) -> None:
+    """A kill right after a periodic checkpoint leaves no torn bytes; the next start still
+    records a crash point (only a closing checkpoint is a clean end)."""
+    log_dir = write_log(tmp_path)
+    last = list_log_files(log_dir)[-1]
+    lines = last.read_bytes().splitlines(keepends=True)
+    periodic = max(i for i, raw in enumerate(lines) if b'"reason":"periodic"' in raw)
+    last.write_bytes(b"".join(lines[: periodic + 1]))
+    with open_pipeline(log_dir, sink={"witness_file": tmp_path / WITNESS}) as pipeline:
+        assert pipeline.submit(make_record()).wait(5)
+    segment = json.loads(list_log_files(log_dir)[-1].read_bytes().split(b"\n")[0])
+    assert segment["reason"] == "recover" and segment["crash"]["file"] == last.name
+    assert verify(log_dir, "--require-sealed") == 0
