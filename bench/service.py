@@ -322,7 +322,7 @@ def audit_check(server: Pdp, shipped: int | None) -> tuple[bool, str]:
     env = {**os.environ, "PYTHONPATH": str(server.source or REPO)}
     verify = subprocess.run(
         [*command, str(server.audit_dir)],
-        cwd=REPO,
+        cwd=server.source or REPO,  # python -m puts the cwd first on sys.path
         env=env,
         capture_output=True,
         text=True,
