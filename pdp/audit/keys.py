@@ -87,6 +87,24 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """Writes ``path`` (0600, durably) only if it does not exist; False if it did."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic, and fails if the name exists
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
+
+
 def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -157,7 +175,9 @@ def load_or_create_signer(private_path: Path, *, log_dir: Path | None = None) ->
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_new(private_path, pem, 0o600)
+        if not _create_exclusive(private_path, pem):
+            # Another process made it first (servers starting together): use theirs.
+            return load_or_create_signer(private_path)
     signer = CheckpointSigner(key, private_path)
     expected = public_key_pem(signer.public_key)
     if not public_path.exists() or public_path.read_bytes() != expected:
