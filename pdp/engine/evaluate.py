@@ -278,14 +278,20 @@ class Engine:
                 # schema here and meets the unknown_tool floor policy instead).
                 checks = arguments.get((request.server, request.tool))
                 if checks is not None:
-                    violations = checks.violations(request.arguments)
+                    try:
+                        violations = checks.violations(request.arguments)
+                    except Exception as exc:  # denies this call, not the others of its batch
+                        answers[position] = deny(
+                            self.version, REASON_EVALUATION_ERROR, f"argument check failed: {exc}"
+                        )
+                        continue
                     if violations:
                         answers[position] = self._invalid_arguments(violations)
                         continue
                 subset = self.subset(request.agent, request.server, request.tool)
                 groups.setdefault(id(subset), (subset, []))[1].append(position)
-        except Exception as exc:  # any failure checking or selecting policies is a deny
-            message = f"argument check or policy selection failed: {exc}"
+        except Exception as exc:  # any failure selecting policies is a deny
+            message = f"policy selection failed: {exc}"
             return [deny(self.version, REASON_EVALUATION_ERROR, message) for _ in requests]
         for subset, positions in groups.values():
             for position, decision in zip(

@@ -10,9 +10,14 @@ from typing import Any
 import pytest
 
 from pdp.engine import Engine, PolicyLoadError, load_policies
-from pdp.engine.arguments import ArgumentSchemaError, ArgumentSettings, compile_arguments
+from pdp.engine.arguments import (
+    ArgumentSchemaError,
+    ArgumentSettings,
+    ToolArguments,
+    compile_arguments,
+)
 from pdp.engine.store import policy_version
-from pdp.model import Decision, Effect
+from pdp.model import Decision, Effect, parse_request
 from tests.conftest import EXAMPLE_POLICIES, MINI_INVENTORY, MINI_SCHEMA, PolicyDirFactory
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -647,3 +652,37 @@ def test_an_optional_argument_cedar_requires_is_a_load_error(
         " the tool's input_schema but required in the Cedar schema: declare it with '?' (a call"
         " without it would make every policy reading it an evaluation error)"
     ]
+
+
+def test_a_failing_check_denies_only_its_own_call(
+    examples: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Calls from many callers are coalesced into one batch: an argument that made the
+    # validator fail must cost its own call a deny, and nobody else's.
+    real = ToolArguments.violations
+
+    def failing(self: ToolArguments, arguments: Any) -> Any:
+        if "boom" in arguments.get("ticket_id", ""):
+            raise RuntimeError("validator failure")
+        return real(self, arguments)
+
+    monkeypatch.setattr(ToolArguments, "violations", failing)
+    support = "spiffe://acme.test/agent/support-bot"
+    requests = [
+        parse_request(
+            {
+                "agent": support,
+                "server": "crm",
+                "tool": "get_ticket",
+                "arguments": {"ticket_id": ticket},
+                "intent": {"purpose": "p", "tools": ["crm/*"]},
+            },
+            now=NOW,
+        )
+        for ticket in ("T-1", "boom", "T-2")
+    ]
+    first, broken, last = examples.decide_batch(requests)
+    assert first.allowed and last.allowed
+    assert not broken.allowed
+    assert broken.reasons[0].policy == "evaluation_error"
+    assert broken.reasons[0].message == "argument check failed: validator failure"
