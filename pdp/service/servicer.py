@@ -48,6 +48,7 @@ from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit.record import METHOD_ALLOWED_TOOLS
 from pdp.engine import Engine
 from pdp.engine.tools import allowed_tools
+from pdp.identity.spiffe_id import MAX_SPIFFE_ID_BYTES
 from pdp.model import (
     REASON_AUDIT_UNAVAILABLE,
     REASON_CALLER_NOT_BOUND,
@@ -329,6 +330,14 @@ class DecisionCore:
         if not kept:
             data = {k: v for k, v in data.items() if k in _ALWAYS_KEPT}
             excerpt = ""
+        if not isinstance(message, bytes | pb.CheckRequest):
+            # A door's data was not decoded within the limits here (only parsed): keep
+            # who asked about what, each cut to the longest valid value, never the rest.
+            data = {
+                k: v[:MAX_SPIFFE_ID_BYTES] if isinstance(v, str) else "?"
+                for k, v in data.items()
+                if k in _ALWAYS_KEPT
+            }
         facts = RejectedBody(
             size=len(body),
             sha256=hashlib.sha256(body).hexdigest(),

@@ -3,16 +3,28 @@ does (pdp.service.wire before protobuf, pdp.service.convert while converting).""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from google.protobuf import json_format
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
-from pdp.model import Limits, RequestError
+from pdp.engine import Engine
+from pdp.model import Caller, Limits, RequestError
 from pdp.service.convert import OversizeRequest, request_data
+from pdp.service.gate import CallerGrant
+from pdp.service.servicer import DecisionCore, FixedEngine, PendingCall
 from pdp.service.wire import batch_requests, check_request_bytes
 
 from .abuse import oversized_arguments
-from .conftest import ClientFactory, RecordingSink, ServerFactory, example_request, to_message
+from .conftest import (
+    GATEWAY_ID,
+    ClientFactory,
+    RecordingSink,
+    ServerFactory,
+    example_request,
+    to_message,
+)
 
 LIMITS = Limits()
 
@@ -90,3 +102,24 @@ def test_an_oversized_request_in_a_batch_is_refused_alone(
     assert answers[1].reasons[0].policy == "invalid_request"
     rejected = [e.rejected for e in sink.decisions if e.rejected is not None]
     assert len(rejected) == 1 and rejected[0].rule == "too_large"
+
+
+def test_a_doors_invalid_data_is_recorded_bounded(engine: Engine) -> None:
+    # A door with its own wire format hands DecisionCore parsed data, not decoded
+    # within the limits here: its record keeps who asked about what, cut, never the rest.
+    sink = RecordingSink()
+    core = DecisionCore(FixedEngine(engine), sink, new_id=lambda: "door-1")
+    grant = CallerGrant(Caller(GATEWAY_ID, "1", "pdp.test"), ())
+    data = {
+        **example_request(),
+        "agent": "x" * 100_000,
+        "arguments": {f"k{i}": "v" * 100 for i in range(5_000)},
+    }
+    ((response,),) = core.decide_calls(
+        [PendingCall((data,), grant, "/door/Check", time.perf_counter_ns(), None)]
+    )
+    assert [r.policy for r in response.reasons] == ["invalid_request"]
+    (event,) = sink.decisions
+    assert event.rejected is not None and event.rejected.field == "agent"
+    assert set(event.data) <= {"agent", "server", "tool", "gateway"}
+    assert len(event.data["agent"]) == 2048
