@@ -9,7 +9,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -138,3 +140,63 @@ def test_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"pdp {__version__}"
+
+
+def test_a_running_pdp_serve_stops_trusting_a_removed_bundle(tmp_path: Path) -> None:
+    """The whole path: pdp serve's own periodic reload of file identity, a partner's
+    connection refused once its bundle file is gone, the home trust domain served."""
+    prod, partner = DevCA.create("prod.example"), DevCA.create("partner.example")
+    server = prod.issue_svid("spiffe://prod.example/pdp", ip_addresses=("127.0.0.1",))
+    (tmp_path / "svid.pem").write_bytes(server.chain_pem)
+    (tmp_path / "svid.key").write_bytes(server.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(prod.bundle_pem)
+    (tmp_path / "partner.json").write_text(_spiffe_bundle(partner))
+    config = tmp_path / "pdp.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:0\npolicies: {POLICIES}\nstate_dir: state\n"
+        "identity: {source: files, cert: svid.pem, key: svid.key, reload_interval_s: 0.2,"
+        " bundles: {prod.example: bundle.pem, partner.example: partner.json}}\n"
+        "callers:\n"
+        "  - {id: 'spiffe://prod.example/gateway/*', agents: ['spiffe://prod.example/*']}\n"
+        "  - {id: 'spiffe://partner.example/gateway/*', agents: ['spiffe://partner.example/*']}\n"
+    )
+    served = ServeProcess(["--config", str(config)], cwd=tmp_path)
+
+    def checker(ca: DevCA, gateway: str) -> Any:
+        svid = ca.issue_svid(gateway)
+        credentials = grpc.ssl_channel_credentials(prod.bundle_pem, svid.key_pem, svid.chain_pem)
+        channel = grpc.secure_channel(served.address, credentials)
+        channels.append(channel)
+        return channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=pb.CheckRequest.SerializeToString,
+            response_deserializer=pb.CheckResponse.FromString,
+        )
+
+    channels: list[grpc.Channel] = []
+    helper = pb.CheckRequest(agent="spiffe://partner.example/agent/h", server="crm", tool="t")
+    bot = pb.CheckRequest(agent="spiffe://prod.example/agent/bot", server="crm", tool="t")
+    try:
+        partner_check = checker(partner, "spiffe://partner.example/gateway/bridge")
+        assert partner_check(helper, timeout=30).decision_id  # trusted: decided
+        (tmp_path / "partner.json").unlink()
+        deadline = time.monotonic() + 30
+        while True:  # the next periodic reload (0.2 s) stops the trust
+            try:
+                partner_check(helper, timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.UNAUTHENTICATED, exc.details()
+                assert "'partner.example' is not trusted" in (exc.details() or "")
+                break
+            assert time.monotonic() < deadline, "the partner is still trusted"
+            time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as info:  # a new connection: the handshake fails
+            checker(partner, "spiffe://partner.example/gateway/bridge")(helper, timeout=30)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        home = checker(prod, "spiffe://prod.example/gateway/edge")
+        assert home(bot, timeout=30).decision_id  # the home trust domain is served
+        assert any("not trusting partner.example any more" in line for line in served.stderr)
+    finally:
+        for channel in channels:
+            channel.close()
+        served.kill()
