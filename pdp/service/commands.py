@@ -294,6 +294,9 @@ def _serve_until_stopped(
             identity=identity,
             audit=audit_state(audit) if audit is not None else None,
             serving=lambda: server.serving,
+            refusals_by_caller=lambda: server.refusals.snapshot(),  # noqa: PLW0108 (server comes later)
+            caller_patterns=[binding.caller for binding in config.callers],
+            in_flight=lambda: server.slots.in_flight,
         )
         sink = metered(sink, metrics)
         runtime.add_listener(metrics.on_reload)

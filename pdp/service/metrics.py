@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from pdp.audit.filesink import LogPosition
 from pdp.engine import Engine
 from pdp.engine.runtime import ReloadEvent
 from pdp.identity.sources import IdentitySource
+from pdp.identity.spiffe_id import SpiffeIdPattern
 from pdp.model import (
     REASON_AUDIT_UNAVAILABLE,
     REASON_CALLER_NOT_BOUND,
@@ -118,6 +119,9 @@ class ServiceMetrics:
         identity: IdentitySource | None = None,
         audit: Callable[[], AuditState | None] | None = None,
         serving: Callable[[], bool] | None = None,
+        refusals_by_caller: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+        caller_patterns: Sequence[str] = (),
+        in_flight: Callable[[], int] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.worker = worker
@@ -156,6 +160,8 @@ class ServiceMetrics:
             registry=self._inner,
         )
         self._inner.register(_StateCollector(engines, identity, audit, serving, clock))
+        if refusals_by_caller is not None:
+            self._inner.register(_CallerRefusals(refusals_by_caller, caller_patterns, in_flight))
         self.registry = CollectorRegistry()
         self.registry.register(_WorkerLabel(self._inner, worker))
         self._known: tuple[int, frozenset[str]] = (0, frozenset())
@@ -303,6 +309,68 @@ class _WorkerLabel(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []  # the inner registry checked the names; collecting here runs callbacks
+
+
+UNAUTHENTICATED = "unauthenticated"
+UNLISTED = "unlisted"
+
+
+def caller_label(key: str, patterns: Sequence[SpiffeIdPattern]) -> str:
+    """A bounded label for a caller key: the configured ``callers`` pattern it matches,
+    ``unlisted`` for another SPIFFE ID, ``unauthenticated`` for a peer address."""
+    if not key.startswith("spiffe://"):
+        return UNAUTHENTICATED
+    for pattern in patterns:
+        if pattern.matches(key):
+            return pattern.text
+    return UNLISTED
+
+
+class _CallerRefusals(Collector):
+    """Refused calls per caller (pdp.service.admission's counts), labelled by the
+    configured caller pattern: a per-caller view whose label set the operator bounds."""
+
+    def __init__(
+        self,
+        counts: Callable[[], Mapping[tuple[str, str], int]],
+        patterns: Sequence[str],
+        in_flight: Callable[[], int] | None,
+    ) -> None:
+        self._counts = counts
+        self._patterns = [SpiffeIdPattern(p) for p in patterns]
+        self._in_flight = in_flight
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[tuple[str, str], int] = {}
+        callers: dict[str, set[str]] = {}
+        for (key, code), count in self._counts().items():
+            label = caller_label(key, self._patterns)
+            totals[(label, code)] = totals.get((label, code), 0) + count
+            callers.setdefault(label, set()).add(key)
+        family = CounterMetricFamily(
+            "pdp_caller_refusals",
+            "Refused calls by the callers pattern the caller matches (unlisted:"
+            " another SPIFFE ID; unauthenticated: by peer address) and refusal code",
+            labels=["caller", "code"],
+        )
+        for (label, code), count in sorted(totals.items()):
+            family.add_metric([label, code], count)
+        yield family
+        distinct = GaugeMetricFamily(
+            "pdp_refused_callers",
+            "Distinct callers (SPIFFE IDs or peer addresses) refused at least once",
+            labels=["caller"],
+        )
+        for label, keys in sorted(callers.items()):
+            distinct.add_metric([label], len(keys))
+        yield distinct
+        if self._in_flight is not None:
+            yield GaugeMetricFamily(
+                "pdp_rpcs_in_flight", "Calls holding a slot now", value=self._in_flight()
+            )
 
 
 class _StateCollector(Collector):

@@ -211,6 +211,7 @@ def test_a_real_pdp_serve_is_scraped(tmp_path: Path) -> None:
     assert value(found, "pdp_decisions_total", decision="deny", reason=deny_reason, worker="0") == 1
     assert value(found, "pdp_decision_duration_seconds_count", method=CHECK_METHOD, worker="0") == 2
     assert value(found, "pdp_serving", worker="0") == 1
+    assert value(found, "pdp_rpcs_in_flight", worker="0") >= 0  # per-caller slots wired in
     assert value(found, "pdp_audit_healthy", worker="0") == 1
     assert value(found, "pdp_audit_written_total", worker="0") >= 2
     assert value(found, "pdp_audit_queue_records", worker="0") >= 0
@@ -245,3 +246,32 @@ def test_nats_lag_counts_bytes_across_rotated_files(tmp_path: Path) -> None:
     assert unshipped_bytes(tmp_path, end, LogPosition(first, 900)) == 100 + 400
     assert unshipped_bytes(tmp_path, end, None) == 1000 + 400
     assert unshipped_bytes(tmp_path, None, None) == 0
+
+
+def test_refusals_per_caller_are_labelled_by_the_configured_pattern(engine: Engine) -> None:
+    from pdp.service.admission import RefusalCounts
+
+    counts = RefusalCounts()
+    counts.add("spiffe://acme.test/gateway/edge-1", "resource_exhausted")
+    counts.add("spiffe://acme.test/gateway/edge-2", "resource_exhausted")
+    counts.add("spiffe://evil.test/x", "permission_denied")
+    counts.add("ipv4:10.0.0.9", "unauthenticated")
+    metrics = ServiceMetrics(
+        FixedEngine(engine),
+        refusals_by_caller=counts.snapshot,
+        caller_patterns=["spiffe://acme.test/gateway/*"],
+        in_flight=lambda: 3,
+    )
+    text = metrics.exposition().decode()
+    found = samples(text)
+    pattern = "spiffe://acme.test/gateway/*"
+    labels = {"caller": pattern, "code": "resource_exhausted", "worker": "0"}
+    assert value(found, "pdp_caller_refusals_total", **labels) == 2
+    assert value(found, "pdp_refused_callers", caller=pattern, worker="0") == 2
+    unlisted = {"caller": "unlisted", "code": "permission_denied", "worker": "0"}
+    assert value(found, "pdp_caller_refusals_total", **unlisted) == 1
+    anonymous = {"caller": "unauthenticated", "code": "unauthenticated", "worker": "0"}
+    assert value(found, "pdp_caller_refusals_total", **anonymous) == 1
+    assert value(found, "pdp_rpcs_in_flight", worker="0") == 3
+    # No caller's own ID or address becomes a label value.
+    assert "edge-1" not in text and "evil.test" not in text and "10.0.0.9" not in text
