@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pdp.audit.record import METHOD_ALLOWED_TOOLS, build_decision_record
 from pdp.client import (
@@ -128,3 +129,44 @@ def test_unreachable_pdp_lists_nothing(gateway_identity: ClientIdentity) -> None
     with Client(f"127.0.0.1:{port}", gateway_identity, timeout=3) as pdp:
         listing = pdp.allowed_tools(SUPPORT, "crm", intent=INTENT)
     assert listing.verdicts == () and listing.failure == FAILURE_UNREACHABLE
+
+
+class DeferredRecordingSink(RecordingSink):
+    """Shaped like the durable audit log: Check hands records over and is called back;
+    AllowedTools waits for its one record, which must not happen on the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited_on: list[str] = []
+
+    def record_decisions(self, events: Any, timeout: float | None) -> Any:
+        import threading
+
+        self.waited_on.append(threading.current_thread().name)
+        return super().record_decisions(events, timeout)
+
+    def submit_decisions(self, events: Any, timeout: float | None, on_settled: Any) -> Any:
+        flags = super().record_decisions(events, timeout)
+        on_settled()
+        return _Settled(list(flags))
+
+
+class _Settled:
+    wait_s = 5.0
+
+    def __init__(self, flags: list[bool]) -> None:
+        self._flags = flags
+
+    def flags(self) -> list[bool]:
+        return self._flags
+
+
+def test_a_listing_waits_for_its_record_on_a_pool_thread_with_a_durable_sink(
+    make_server: Callable[..., DecisionServer], gateway_identity: ClientIdentity
+) -> None:
+    sink = DeferredRecordingSink()
+    server = make_server(sink=sink)
+    with Client(server.address, gateway_identity) as pdp:
+        listing = pdp.allowed_tools(SUPPORT, "crm", intent=INTENT)
+    assert listing.verdicts and sink.decisions[-1].method == METHOD_ALLOWED_TOOLS
+    assert sink.waited_on and all(name.startswith("pdp-rpc") for name in sink.waited_on)
