@@ -372,3 +372,29 @@ def test_stop_reports_not_serving_and_refuses_new_calls(
     assert statuses == {health_pb2.HealthCheckResponse.NOT_SERVING}
     error = rpc_error(lambda: client.check(example_request(), timeout=2))
     assert error.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_arguments_outside_the_tool_schema_are_denied_over_mtls(
+    server: DecisionServer, connect: ClientFactory, sink: RecordingSink
+) -> None:
+    # The rule lives in the engine: the gRPC front door gets it with nothing of its own,
+    # for one call and inside a batch, and the record carries the reasons.
+    client = connect(server)
+    bad = {**example_request(), "arguments": {"ticket_id": "T-1", "admin": True}}
+    response = client.check(bad)
+    assert response.decision == pb.DECISION_DENY
+    assert [(r.policy, r.message) for r in response.reasons] == [
+        (
+            "invalid_arguments",
+            "arguments.admin: is not a declared argument (rule: additionalProperties)",
+        )
+    ]
+    hostile = {**example_request(), "arguments": {"ticket_id": "T-1\x1b]0;pwned\x07"}}
+    batch = client.check_batch([example_request(), hostile])
+    assert [r.decision for r in batch.responses] == [pb.DECISION_ALLOW, pb.DECISION_DENY]
+    assert batch.responses[1].reasons[0].message == (
+        "arguments.ticket_id: contains control character U+001B (ESC) at 3"
+        " (rule: control_character)"
+    )
+    recorded = [e.decision for e in sink.decisions]
+    assert [r.policy for r in recorded[0].reasons] == ["invalid_arguments"]
