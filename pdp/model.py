@@ -265,6 +265,9 @@ REASON_INTERNAL_ERROR = "internal_error"
 # Denies the service makes without consulting the policies.
 REASON_CALLER_NOT_BOUND = "caller_not_bound"  # the caller may not ask about this agent
 REASON_AUDIT_UNAVAILABLE = "audit_unavailable"  # the decision could not be recorded
+# Denies and allows of a front door that reads MCP (pdp.mcp), made without the policies.
+REASON_INVALID_MCP_REQUEST = "invalid_mcp_request"  # the HTTP/JSON-RPC request breaks a rule
+REASON_MCP_METHOD_RULE = "mcp_method_rule"  # a non-tools/call method, by the method rules
 
 
 def deny(policy_version: str, code: str, message: str, errors: tuple[str, ...] = ()) -> Decision:

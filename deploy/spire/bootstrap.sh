@@ -35,4 +35,6 @@ register() {
 register "spiffe://$TD/pdp" -selector docker:label:org.pdp.workload:pdp -dns pdp -x509SVIDTTL 3600
 register "spiffe://$TD/gateway/edge" -selector docker:label:org.pdp.workload:gateway
 register "spiffe://$TD/agent/support-bot" -selector docker:label:org.pdp.workload:support-bot
+# Envoy in front of the sample MCP server; it gets its SVID over SDS from the agent.
+register "spiffe://$TD/gateway/envoy" -selector docker:label:org.pdp.workload:mcp-gateway
 echo "bootstrap done"

@@ -144,6 +144,7 @@ def build_decision_record(
     caller_time: str | None = None,
     rejected: Any = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    mcp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of one decided request. ``time`` defaults to now (UTC).
 
@@ -157,6 +158,7 @@ def build_decision_record(
     alongside without being enforced (dry run), so a rollout can be judged from the log.
     ``rejected`` (a ``pdp.service.sink.RejectedBody``, matched by its attributes) gives
     the bounded facts about a request that broke a rule, kept instead of its body.
+    ``mcp`` says what an MCP front door read (JSON-RPC method and id, HTTP method).
     """
     if isinstance(request, Request):
         request_json, masked = _request_json(request, redactor)
@@ -184,6 +186,9 @@ def build_decision_record(
     if tools is not None:
         # AllowedTools: each tool's answer; reasons can quote policy text, not arguments.
         record["tools"] = [dict(tool) for tool in tools]
+    if mcp:
+        record["mcp"], mcp_masked = redactor.value(dict(mcp), "mcp")
+        masked.extend(mcp_masked)
     masked.extend(decision_masked)
     if shadow is not None:
         record["shadow"], shadow_masked = _decision_json(shadow, redactor, "shadow.")

@@ -180,6 +180,7 @@ class AuditDecisionSink:
             caller_time=event.caller_time,
             rejected=getattr(event, "rejected", None),
             tools=getattr(event, "tools", None),
+            mcp=getattr(event, "mcp", None),
         )
 
     def record_refusal(self, event: RefusalEventLike) -> None:

@@ -417,6 +417,15 @@ def ensure_dev_state(
     return state
 
 
+def load_dev_ca(state: DevState) -> DevCA:
+    """The dev CA of ``state`` (after :func:`ensure_dev_state`), to issue more SVIDs
+    from it (e.g. the Envoy of ``pdp gateway --dev``)."""
+    ca = _load_ca(state)
+    if ca is None:
+        raise ValueError(f"{state.state_dir} holds no usable dev CA; run pdp serve --dev once")
+    return ca
+
+
 def _load_ca(state: DevState) -> DevCA | None:
     try:
         cert = x509.load_pem_x509_certificate(state.bundle_file.read_bytes())

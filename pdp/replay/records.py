@@ -3,7 +3,8 @@
 Only ``kind: "decision"`` records are replayed. Refusals (calls refused before any
 policy ran), ``policy_reload`` records, the chain's ``segment`` and ``checkpoint``
 lines, and decisions the service made without consulting the policies
-(``caller_not_bound``, ``internal_error``, ``audit_unavailable``) are classified and
+(``caller_not_bound``, ``internal_error``, ``audit_unavailable``, and the MCP door's
+``invalid_mcp_request`` and ``mcp_method_rule``) are classified and
 counted, never re-decided. Anything else
 (not JSON, another format, a decision record missing a field) is :class:`Unreadable`.
 
@@ -32,6 +33,8 @@ from pdp.model import (
     REASON_AUDIT_UNAVAILABLE,
     REASON_CALLER_NOT_BOUND,
     REASON_INTERNAL_ERROR,
+    REASON_INVALID_MCP_REQUEST,
+    REASON_MCP_METHOD_RULE,
     Decision,
     Effect,
     JsonValue,
@@ -44,7 +47,15 @@ from pdp.proof import REASON_CODES as PROOF_REASON_CODES
 # Service-level denies: the policies never saw these requests, so a different policy
 # set cannot change them. Token checks (pdp.proof) are among them.
 SERVICE_REASONS = frozenset(
-    {REASON_CALLER_NOT_BOUND, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL_ERROR} | PROOF_REASON_CODES
+    {
+        REASON_CALLER_NOT_BOUND,
+        REASON_AUDIT_UNAVAILABLE,
+        REASON_INTERNAL_ERROR,
+        # MCP messages the gateway's method rules decided, or that could not be read.
+        REASON_INVALID_MCP_REQUEST,
+        REASON_MCP_METHOD_RULE,
+    }
+    | PROOF_REASON_CODES
 )
 CHAIN_KINDS = frozenset({"segment", "checkpoint"})
 

@@ -33,6 +33,12 @@ Example (every key optional except what the identity source needs)::
       key_file: /var/lib/pdp/keys/audit-signing.key   # default: STATE_DIR/audit-signing.key
       witness_file: /mnt/witness/pdp-audit.witness    # where the log's writer cannot write
       key_fingerprint: 3f0c...                        # pin (64 hex digits, printed at start)
+    mcp:                     # the Envoy ext_authz door (pdp.service.ext_authz, pdp.mcp)
+      server_key: mcp_server # the route's context_extensions key naming the MCP server
+      methods: {resources/read: deny, "resources/*": allow}   # over pdp.mcp's defaults
+      default: deny          # methods no rule names
+      max_body_bytes: 1048576
+      max_batch: 64
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pdp.identity.spiffe_id import InvalidSpiffeId, SpiffeIdPattern, parse_trust_domain
+from pdp.mcp import McpLimits, MethodRules, RuleError
 from pdp.model import Limits
 from pdp.proof.config import IntentIssuer, ProofConfig, ProofConfigError, Requirement
 
@@ -191,6 +198,15 @@ class ServerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class McpDoorConfig:
+    """How the Envoy ext_authz door reads MCP (see pdp.mcp for the rules' defaults)."""
+
+    server_key: str = "mcp_server"  # ext_authz context_extensions key naming the server
+    rules: MethodRules = field(default_factory=MethodRules)
+    limits: McpLimits = field(default_factory=McpLimits)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     listen: str = DEFAULT_LISTEN
     policies: Path = Path("policies")
@@ -206,6 +222,7 @@ class ServiceConfig:
     # bare port listens on loopback; with N workers, worker K takes PORT+K.
     metrics_listen: str = ""
     proof: ProofConfig = field(default_factory=ProofConfig)
+    mcp: McpDoorConfig = field(default_factory=McpDoorConfig)
     # pdp's own files: the policy archive and, unless --audit-dir, the audit log. Without
     # --dev it must be configured (here, --state-dir or systemd's $STATE_DIRECTORY).
     state_dir: Path | None = None
@@ -243,6 +260,8 @@ def _check_config(config: ServiceConfig) -> None:
         "limits.refusal_record_burst_bytes": config.limits.refusal_record_burst_bytes,
         "server.max_connection_age_s": config.server.max_connection_age_s,
         "server.max_connection_idle_s": config.server.max_connection_idle_s,
+        "mcp.max_body_bytes": config.mcp.limits.max_body_bytes,
+        "mcp.max_batch": config.mcp.limits.max_batch,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -493,6 +512,24 @@ def _proof(section: _Section, base: Path) -> ProofConfig:
         raise ConfigError(f"proof: {exc}") from None
 
 
+def _mcp(section: _Section) -> McpDoorConfig:
+    defaults = McpDoorConfig()
+    server_key = section.get("server_key", str, defaults.server_key)
+    methods = section.section("methods")
+    overrides = {str(key): methods.get(str(key), str, "") for key in methods.data}
+    methods.done()
+    default = section.get("default", str, None)
+    limits = McpLimits(**_dataclass_section(section, McpLimits, defaults.limits))
+    section.done()
+    if not server_key:
+        raise ConfigError("mcp.server_key: must not be empty")
+    try:
+        rules = MethodRules.with_overrides(overrides, default)
+    except RuleError as exc:
+        raise ConfigError(f"mcp.methods: {exc}") from None
+    return McpDoorConfig(server_key=server_key, rules=rules, limits=limits)
+
+
 def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
     """A :class:`ServiceConfig` from parsed YAML; relative paths are relative to ``base``."""
     root = _Section(data, "")
@@ -532,6 +569,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         key_fingerprint=audit_section.get("key_fingerprint", str, "").lower(), **paths
     )
     audit_section.done()
+    mcp = _mcp(root.section("mcp"))
     root.done()
     return ServiceConfig(
         listen=listen,
@@ -546,6 +584,7 @@ def config_from_mapping(data: Any, *, base: Path = Path()) -> ServiceConfig:
         proof=proof,
         state_dir=state_dir,
         audit=audit,
+        mcp=mcp,
     )
 
 

@@ -69,6 +69,7 @@ from pdp.service.config import (
     WorkloadApiIdentity,
 )
 from pdp.service.connections import apply_process_limits, release_free_memory
+from pdp.service.ext_authz import EXT_AUTHZ_SERVICE, ExtAuthzServicer
 from pdp.service.gate import CallerGate, CallerPolicy, RateLimiter, WatcherPolicy
 from pdp.service.interceptor import AuthInterceptor, Refuser
 from pdp.service.operations import HealthSource
@@ -246,6 +247,8 @@ class DecisionServer:
             executor=self._executor if blocks else None,
             deferred=cast(DeferredDecisionSink | None, deferred),
         )
+        # Envoy's ext_authz API on the same port, the same callers and the same path.
+        self.ext_authz = ExtAuthzServicer(self.servicer, config.mcp)
         self.health_sources: dict[str, HealthSource] = dict(health_sources or {})
         self.hub = (
             WatchHub(
@@ -265,7 +268,11 @@ class DecisionServer:
         interceptor = AuthInterceptor(
             gate,
             refuser,
-            {SERVICE_NAME: gate.admit, AUDIT_SERVICE_NAME: gate.admit_watcher},
+            {
+                SERVICE_NAME: gate.admit,
+                EXT_AUTHZ_SERVICE: gate.admit,
+                AUDIT_SERVICE_NAME: gate.admit_watcher,
+            },
             slots=self.slots,
             reserved=(f"/{HEALTH_SERVICE_NAME}/", f"/{AUDIT_SERVICE_NAME}/GetStatus"),
             request_timeout_s=options.request_timeout_s,
@@ -296,12 +303,18 @@ class DecisionServer:
             # before authentication; the interceptor's slots count calls instead.
             server = grpc.aio.server(interceptors=[interceptor], options=grpc_options)
             server.add_generic_rpc_handlers(
-                (self.servicer.handler(), self.audit_servicer.handler())
+                (self.servicer.handler(), self.ext_authz.handler(), self.audit_servicer.handler())
             )
             health_servicer = health_aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(
-                (SERVICE_NAME, AUDIT_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
+                (
+                    SERVICE_NAME,
+                    EXT_AUTHZ_SERVICE,
+                    AUDIT_SERVICE_NAME,
+                    HEALTH_SERVICE_NAME,
+                    reflection.SERVICE_NAME,
+                ),
                 server,
             )
             return server, health_servicer

@@ -48,7 +48,7 @@ from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit.record import METHOD_ALLOWED_TOOLS
 from pdp.engine import Engine
 from pdp.engine.tools import allowed_tools
-from pdp.identity.spiffe_id import MAX_SPIFFE_ID_BYTES
+from pdp.identity.spiffe_id import MAX_SPIFFE_ID_BYTES, InvalidSpiffeId, parse_spiffe_id
 from pdp.model import (
     REASON_AUDIT_UNAVAILABLE,
     REASON_CALLER_NOT_BOUND,
@@ -119,10 +119,25 @@ class FixedEngine:
         self.engine = engine
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A request a front door has already read from its own protocol (e.g. an MCP body,
+    pdp.service.ext_authz): the request data in the ``pdp check`` JSON shape, and either
+    nothing more (the policies decide) or the ``verdict`` that door's rules gave (a
+    housekeeping method allowed, a body that breaks a rule denied). A verdict never
+    bypasses the caller's binding: an allow for an agent outside it is still denied.
+    ``mcp`` goes to the audit record."""
+
+    data: Mapping[str, JsonValue]
+    verdict: tuple[Effect, Reason] | None = None
+    mcp: Mapping[str, JsonValue] | None = None
+
+
 # What a call carries, per request: a CheckRequest (decoded or raw bytes), or request
 # data in the JSON shape of ``pdp check``, as a front door with its own wire format
-# (Envoy ext_authz, MCP) maps it. Each goes through the same parser and clock rule.
-CallMessage = pb.CheckRequest | bytes | Mapping[str, JsonValue]
+# (Envoy ext_authz, MCP) maps it, or a PreparedRequest that may carry the door's own
+# verdict. Each goes through the same parser and clock rule.
+CallMessage = pb.CheckRequest | bytes | Mapping[str, JsonValue] | PreparedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +241,7 @@ class DecisionCore:
                         shadow=shadows[index],
                         caller_time=caller_times[index],
                         rejected=rejected[index],
+                        mcp=_mcp_note(messages[index]),
                     )
                 )
                 index += 1
@@ -257,6 +273,12 @@ class DecisionCore:
         decisions: list[Decision | None] = [None] * len(messages)
         for index, message in enumerate(messages):
             grant = grants[index]
+            if isinstance(message, PreparedRequest):
+                if message.verdict is not None:  # decided by the door's own rules
+                    datas[index] = {**message.data, "gateway": grant.caller.spiffe_id}
+                    decisions[index] = _verdict(engine.version, message, grant)
+                    continue
+                message = message.data  # for the policies, like any door's request data
             data: dict[str, JsonValue] = {}
             datas[index] = data
             try:
@@ -462,7 +484,32 @@ class Decided:
         return answers
 
 
-def _time_remaining(context: Context) -> float | None:
+def _mcp_note(message: CallMessage) -> Mapping[str, JsonValue] | None:
+    return message.mcp if isinstance(message, PreparedRequest) else None
+
+
+def _verdict(policy_version: str, message: PreparedRequest, grant: CallerGrant) -> Decision:
+    """The decision a front door's rule gave, unless the agent is outside the caller's
+    binding (an allow never widens what the caller may ask about)."""
+    assert message.verdict is not None
+    effect, reason = message.verdict
+    if effect is Effect.ALLOW:
+        agent = str(message.data.get("agent", ""))
+        try:
+            parse_spiffe_id(agent, require_path=True)
+            bound = grant.may_ask_about(agent)
+        except InvalidSpiffeId:
+            bound = False
+        if not bound:
+            return deny(
+                policy_version,
+                REASON_CALLER_NOT_BOUND,
+                f"caller {grant.caller.spiffe_id} may not ask about agent {agent}",
+            )
+    return Decision(effect, (reason,), policy_version)
+
+
+def time_remaining(context: Context) -> float | None:
     """Seconds left before the call's deadline; None without a deadline (grpc then
     reports about 2**63 seconds)."""
     remaining = context.time_remaining()
@@ -688,7 +735,7 @@ class DecisionServicer:
             admission.grant,
             CHECK_METHOD,
             admission.started_ns,
-            _time_remaining(context),
+            time_remaining(context),
         )
         try:
             return (await self._coalescer.decide(call))[0]
@@ -725,7 +772,7 @@ class DecisionServicer:
             admission.grant,
             CHECK_BATCH_METHOD,
             admission.started_ns,
-            _time_remaining(context),
+            time_remaining(context),
         )
         try:
             responses = await self._coalescer.decide(call)
@@ -738,7 +785,7 @@ class DecisionServicer:
     async def allowed_tools(self, data: bytes, context: Context) -> pb.AllowedToolsResponse:
         admission = await self._admitted(context, ALLOWED_TOOLS_METHOD)
         await self._charge(context, ALLOWED_TOOLS_METHOD, admission, 1)
-        arguments = (data, admission.grant, admission.started_ns, _time_remaining(context))
+        arguments = (data, admission.grant, admission.started_ns, time_remaining(context))
         executor = self._coalescer.executor
         if executor is None:
             return self.core.list_tools(*arguments)
@@ -749,9 +796,20 @@ class DecisionServicer:
             refused = _internal_error(self.core.engine.version).reasons
             return allowed_tools_response(None, "", self.core.engine.version, refused)
 
+    # The shared admission, rate limit and coalesced decision path, for the other faces
+    # of this service on the same port (pdp.service.ext_authz).
+    async def admitted(self, context: Context, method: str) -> Admission:
+        return await self._admitted(context, method)
+
+    async def charge(self, context: Context, method: str, admission: Admission, cost: int) -> None:
+        await self._charge(context, method, admission, cost)
+
+    async def decide(self, call: PendingCall) -> list[pb.CheckResponse]:
+        return await self._coalescer.decide(call)
+
     async def _admitted(self, context: Context, method: str) -> Admission:
         admission = await require_admission(context, self._refuser, method)
-        remaining = _time_remaining(context)
+        remaining = time_remaining(context)
         if remaining is not None and remaining <= 0:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before deciding"

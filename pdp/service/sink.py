@@ -59,6 +59,8 @@ class DecisionEvent:
     latency_us: int  # from receiving the call to having the decision, before recording
     shadow: Decision | None = None  # the shadow policy set's answer, recorded, never enforced
     caller_time: str | None = None  # the ``time`` the caller sent (RFC 3339), ignored
+    # Through an MCP front door: the JSON-RPC method, its id, the HTTP method (pdp.mcp).
+    mcp: Mapping[str, JsonValue] | None = None
     # Set when the request broke a rule (the decision is an ``invalid_request`` deny):
     # bounded facts about the body, which the record keeps instead of the body.
     rejected: RejectedBody | None = None

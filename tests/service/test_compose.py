@@ -50,9 +50,16 @@ def _conf_value(text: str, key: str) -> str:
 
 
 def test_services_are_there(services: dict[str, Any]) -> None:
-    assert {"spire-server", "spire-bootstrap", "spire-agent", "nats", "pdp", "gateway"} <= set(
-        services
-    )
+    assert {
+        "spire-server",
+        "spire-bootstrap",
+        "spire-agent",
+        "nats",
+        "pdp",
+        "gateway",
+        "mcp-gateway",
+        "mcp-server",
+    } <= set(services)
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
@@ -145,8 +152,9 @@ def _registrations() -> dict[str, str]:
 
 def test_registrations_match_service_labels(services: dict[str, Any]) -> None:
     registered = _registrations()
-    assert set(registered) == {"/pdp", "/gateway/edge", "/agent/support-bot"}
+    assert set(registered) == {"/pdp", "/gateway/edge", "/agent/support-bot", "/gateway/envoy"}
     assert services["pdp"]["labels"]["org.pdp.workload"] == registered["/pdp"]
+    assert services["mcp-gateway"]["labels"]["org.pdp.workload"] == registered["/gateway/envoy"]
     assert services["gateway"]["labels"]["org.pdp.workload"] == registered["/gateway/edge"]
     assert "-dns pdp" in (SPIRE / "bootstrap.sh").read_text()  # the gateway dials pdp:8443
 
@@ -184,6 +192,38 @@ def test_start_order(services: dict[str, Any]) -> None:
     )
     assert "spire-agent" in services["pdp"]["depends_on"]
     assert services["gateway"]["depends_on"]["pdp"]["condition"] == "service_healthy"
+
+
+def test_envoy_gets_its_svid_from_the_agent_and_asks_pdp(services: dict[str, Any]) -> None:
+    """deploy/envoy/envoy.yaml: SDS over the agent's socket, the SVID registered for the
+    mcp-gateway label, pdp as the only authorizer (failing closed), the sample server
+    behind it, and a pdp config that admits Envoy for the agents it serves."""
+    envoy_service = services["mcp-gateway"]
+    config_target = next(
+        t for t, s in _mounts(envoy_service).items() if s == "./deploy/envoy/envoy.yaml"
+    )
+    assert envoy_service["command"][envoy_service["command"].index("-c") + 1] == config_target
+    text = (REPO / "deploy" / "envoy" / "envoy.yaml").read_text()
+    agent_conf = (SPIRE / "agent.conf.template").read_text()
+    socket_path = Path(_conf_value(agent_conf, "socket_path"))
+    assert f"pipe: {{path: {socket_path}}}" in text
+    assert (
+        _mounts(envoy_service)[str(socket_path.parent)]
+        == (_mounts(services["spire-agent"])[str(socket_path.parent)])
+    )
+    trust_domain = _conf_value((SPIRE / "server.conf").read_text(), "trust_domain")
+    envoy_id = f"spiffe://{trust_domain}/gateway/envoy"
+    assert f'name: "{envoy_id}"' in text
+    assert f'exact: "spiffe://{trust_domain}/pdp"' in text
+    assert "failure_mode_allow: false" in text
+    assert "address: pdp, port_value: 8443" in text
+    server = services["mcp-server"]
+    port = server["command"][server["command"].index("--port") + 1]
+    assert f"address: mcp-server, port_value: {port}" in text
+    config = load_config(REPO / "deploy" / "pdp" / "pdp.yaml")
+    agent = f"spiffe://{trust_domain}/agent/support-bot"
+    bindings = [b for b in config.callers if SpiffeIdPattern(b.caller).matches(envoy_id)]
+    assert any(SpiffeIdPattern(a).matches(agent) for b in bindings for a in b.agents)
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
