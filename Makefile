@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint typecheck unit bench fmt
+.PHONY: setup run test lint typecheck unit bench fmt gateway
 
 setup:
 	@bash scripts/setup.sh
@@ -10,6 +10,10 @@ setup:
 # Runs pdp on the bundled example policies with an embedded default.
 run: setup
 	@bash scripts/run.sh
+
+# A real MCP tool call through Envoy and pdp, allowed and denied (pdp gateway --dev).
+gateway: setup
+	$(VENV)/bin/pdp gateway --dev
 
 # The whole suite: lint, strict typing, then pytest (parallel).
 test: setup lint typecheck unit

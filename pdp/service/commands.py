@@ -460,6 +460,10 @@ def _startup_lines(server: DecisionServer, options: ServeOptions, dev_note: str)
         f"server SPIFFE ID {server.spiffe_id}",
         f"policy version {engine.version} ({len(engine.compiled)} policies from {config.policies})",
     ]
+    lines.append(
+        "also answers Envoy ext_authz (envoy.service.auth.v3.Authorization/Check) for MCP"
+        f" routes naming context_extensions.{config.mcp.server_key}"
+    )
     if dev_note:
         lines.append(dev_note)
     for binding in config.callers:
