@@ -1,9 +1,10 @@
 """The audit pipeline: request threads submit records, one writer thread makes them durable.
 
 ``sync`` mode: a decision is returned only after its record is on disk. The writer takes
-everything queued, writes it as one batch and calls ``fdatasync`` once (group commit);
-submitters wait on their :class:`Ticket` (or :class:`Commit`). ``async`` mode: submit only
-queues; the writer syncs every ``async_flush_interval_s``.
+everything queued (lingering up to ``sync_linger_s`` after the first record, so that calls
+decided a moment apart share it), writes it as one batch and calls ``fdatasync`` once
+(group commit); submitters wait on their :class:`Ticket` (or :class:`Commit`). ``async``
+mode: submit only queues; the writer syncs every ``async_flush_interval_s``.
 
 The decision path does as little as it can. :meth:`AuditPipeline.submit_all` queues what
 a record is made from (the service's decision events) and the writer thread builds,
@@ -57,6 +58,11 @@ class PipelineConfig:
     # writes, so that one wake-up takes many records; sooner once async_wake_records
     # (default: a quarter of queue_size, at most max_batch) are waiting.
     async_linger_s: float = 0.05
+    # Sync mode: the writer waits up to this long after the first queued record, so that
+    # calls decided a moment apart share one write and one fdatasync (sooner once
+    # async_wake_records are waiting, at a flush or at close). An answer waits this much
+    # longer at most; fewer, larger group commits cost less CPU per decision (bench/README.md).
+    sync_linger_s: float = 0.003
     async_wake_records: int = 0
     retry_initial_s: float = 0.05  # async mode: first retry delay after a write error
     retry_max_s: float = 2.0
@@ -554,11 +560,12 @@ class AuditPipeline:
             while not self._closing and not self._kicked:
                 now = time.monotonic()
                 if self._items:
-                    if self._durable or len(self._items) >= self._wake_at or self._flushes:
+                    linger = config.sync_linger_s if self._durable else config.async_linger_s
+                    if linger <= 0 or len(self._items) >= self._wake_at or self._flushes:
                         break
                     if not first_seen:
                         first_seen = now
-                    until = min(first_seen + config.async_linger_s, next_due)
+                    until = min(first_seen + linger, next_due)
                     waits = _LINGER
                 else:
                     first_seen = 0.0

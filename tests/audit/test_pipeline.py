@@ -87,6 +87,23 @@ def test_sync_ticket_completes_only_when_the_record_is_in_the_file(tmp_path: Pat
         assert record["decision_id"] in record_ids(tmp_path)
 
 
+def test_sync_mode_lingers_so_calls_decided_a_moment_apart_share_one_commit(
+    tmp_path: Path,
+) -> None:
+    # A long linger so that a loaded machine cannot split the group: records submitted
+    # over ~100 ms share one write and one fdatasync, and none is answered before it.
+    with open_pipeline(tmp_path, sync_linger_s=2.0) as pipeline:
+        before = pipeline.stats().batches
+        tickets = []
+        for _ in range(5):
+            tickets.append(pipeline.submit(make_record()))
+            time.sleep(0.02)
+        assert not any(t.wait(0) for t in tickets)  # still lingering: nothing written yet
+        assert all(t.wait(10) for t in tickets)
+        assert pipeline.stats().batches - before == 1
+        assert {t.decision_id for t in tickets} <= set(record_ids(tmp_path))
+
+
 def test_restart_continues_the_chain(tmp_path: Path) -> None:
     for _ in range(3):
         with open_pipeline(tmp_path) as pipeline:
