@@ -23,6 +23,11 @@ validates or dispatches it, and
   call under its intent (``allow``, or ``depends_on_arguments``: the call itself is
   still checked). A client that follows ``notifications/tools/list_changed`` lists
   again and is filtered again; when pdp cannot answer, the list is empty.
+* pins tools: every call carries the ``tool_digest`` of the tool as this server last
+  listed it (description and input schema), so a tool changed since its digest was
+  pinned in the inventory (``pdp schema from-mcp --inventory``) is denied
+  ``tool_changed`` and does not run. A tool not listed since the guard started is
+  decided without a digest.
 
 Who the agent is comes from ``agent(ctx)``: the caller's X.509-SVID when the MCP server
 terminates mutual TLS itself (:func:`agent_from_tls_peer` with :func:`tls_peer_app`),
@@ -53,7 +58,7 @@ from pdp.mcp import (
     declared_intent,
     map_request,
 )
-from pdp.model import REASON_INVALID_REQUEST, Reason, RequestError
+from pdp.model import REASON_INVALID_REQUEST, Reason, RequestError, tool_digest
 
 DECISION_META_KEY = "pdp.dev/decision"
 
@@ -145,6 +150,11 @@ class PdpGuard:
         self.server = server
         self._agent = agent
         self._agent_svid = agent_svid
+        # The digest of each tool as this server last listed it (tools/list, before
+        # filtering): sent with every call of that tool, so a tool whose description or
+        # input schema changed since its digest was pinned in the inventory is denied
+        # (tool_changed). A tool not listed yet is decided without one.
+        self._listed_digests: dict[str, str] = {}
 
     def _proof_of(self, ctx: Any) -> str:
         """The agent's JWT-SVID for pdp, forwarded where pdp requires proof of the agent
@@ -196,6 +206,9 @@ class PdpGuard:
         if mapped.request is None:  # a method rule, not the policies, decides: never here
             return _Denial((Reason(REASON_INVALID_REQUEST, "not a tool call"),), "", "")
         request = dict(mapped.request)
+        digest = self._listed_digests.get(tool)
+        if digest:
+            request["tool_digest"] = digest
         proof = self._proof_of(ctx)
         if proof:
             request["agent_svid"] = proof
@@ -212,6 +225,10 @@ class PdpGuard:
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             return result
+        for tool in tools:
+            if isinstance(tool, Mapping) and isinstance(tool.get("name"), str):
+                digest = tool_digest(tool.get("description"), tool.get("inputSchema"))
+                self._listed_digests[tool["name"]] = digest
         callable_tools = await self._callable_tools(ctx)
         result["tools"] = [
             tool for tool in tools

@@ -387,3 +387,59 @@ def test_proof_of_the_agent_is_forwarded_where_pdp_requires_it(
     assert unproven.meta[DECISION_META_KEY]["reasons"][0]["policy"] == "agent_unproven"
     assert "get_ticket" in names and not proven.is_error
     assert calls == Counter({"get_ticket": 1})
+
+
+def test_a_tool_changed_since_it_was_pinned_is_denied_and_never_runs(
+    make_server: Callable[..., DecisionServer],
+    gateway_identity: ClientIdentity,
+    tmp_path: Path,
+) -> None:
+    """The rug pull through the guard: the inventory pins get_ticket's digest as
+    approved; the server now lists it with another description. The guard sends the
+    digest of what the server listed, so pdp denies it (tool_changed) and it never runs;
+    the unchanged search_tickets keeps working."""
+    import shutil
+
+    from pdp.engine import Engine, load_policies
+    from pdp.model import tool_digest
+    from tests.conftest import EXAMPLE_POLICIES
+
+    calls: Counter[str] = Counter()
+    pdp = AsyncClient("127.0.0.1:1", gateway_identity, timeout=2)  # replaced below
+    guard = PdpGuard(pdp, server="crm", agent=agent_from_header())
+    crm = crm_server(calls, guard)
+    listed = {tool.name: tool for tool in asyncio.run(crm.list_tools())}
+
+    def pinned(name: str, description: str | None) -> str:
+        schema = listed[name].model_dump(by_alias=True, exclude_none=True)["inputSchema"]
+        return tool_digest(description, schema)
+
+    root = tmp_path / "policies"
+    shutil.copytree(EXAMPLE_POLICIES, root, ignore=shutil.ignore_patterns("floor", "*.test.yaml"))
+    inventory = json.loads((root / "entities.json").read_text())
+    tools = inventory["servers"]["crm"]["tools"]
+    tools["get_ticket"]["digest"] = pinned("get_ticket", "Reads one ticket (as approved).")
+    tools["search_tickets"]["digest"] = pinned(
+        "search_tickets", listed["search_tickets"].description
+    )
+    (root / "entities.json").write_text(json.dumps(inventory))
+    pdp_server = make_server(engine_=Engine(load_policies(root)))
+    guard.client = AsyncClient(pdp_server.address, gateway_identity, timeout=2)
+    served = Served(crm)
+
+    async def scenario() -> tuple[Any, Any]:
+        async with agent_session(served.url) as agent:
+            await agent.list_tools()
+            changed = await agent.call_tool("get_ticket", {"ticket_id": "T-1"})
+            unchanged = await agent.call_tool("search_tickets", {"query": "printer"})
+            return changed, unchanged
+
+    try:
+        changed, unchanged = run(scenario())
+    finally:
+        served.stop()
+    assert changed.is_error
+    decision = changed.meta[DECISION_META_KEY]
+    assert [r["policy"] for r in decision["reasons"]] == ["tool_changed"]
+    assert not unchanged.is_error
+    assert calls == Counter({"search_tickets": 1})  # the changed tool never ran
