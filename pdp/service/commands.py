@@ -75,7 +75,7 @@ def audit_key_file(options: ServeOptions, config: ServiceConfig, state_dir: Path
 
 def _open_audit(options: ServeOptions, config: ServiceConfig, state_dir: Path) -> Any:
     """The audit stream for `serve` (None when switched off): file log, optional NATS."""
-    from pdp.audit.config import AuditConfig, open_audit
+    from pdp.audit.config import AuditConfig, default_instance_id, open_audit
     from pdp.audit.filesink import FileSinkConfig
     from pdp.audit.nats_shipper import NatsShipperConfig
     from pdp.audit.pipeline import DeliveryMode, PipelineConfig
@@ -84,14 +84,20 @@ def _open_audit(options: ServeOptions, config: ServiceConfig, state_dir: Path) -
         return None
     log_dir = Path(options.audit_dir) if options.audit_dir else state_dir / "audit"
     witness = Path(options.audit_witness) if options.audit_witness else config.audit.witness_file
+    instance_id = default_instance_id()
     if options.worker_index is not None:
         from pdp.service.workers import audit_dir_of
 
         log_dir = audit_dir_of(log_dir, options.worker_index)
         if witness is not None:
             witness = witness.with_name(f"{witness.name}.{log_dir.name}")
+        # One instance per chain: each worker's records and its NATS subject
+        # (<prefix>.<instance_id>) are its own, so a consumer never sees two chains
+        # interleaved on one subject, and a NATS witness is the worker's own checkpoint.
+        instance_id = f"{instance_id}-{log_dir.name}"
     return open_audit(
         AuditConfig(
+            instance_id=instance_id,
             file=FileSinkConfig(
                 log_dir=log_dir,
                 key_file=audit_key_file(options, config, state_dir),

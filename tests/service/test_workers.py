@@ -145,6 +145,9 @@ def test_workers_share_the_port_and_each_keep_a_verifiable_chain(
             for line in path.read_text().splitlines()
         ]
         ids_by_worker[index] = {r["decision_id"] for r in records if r.get("kind") == "decision"}
+        # Each chain is its own instance (its own NATS subject when shipped).
+        instances = {r["instance_id"] for r in records if "instance_id" in r}
+        assert len(instances) == 1 and next(iter(instances)).endswith(f"-worker-{index}")
         verify = subprocess.run(
             [PDP, "audit", "verify", str(directory)], capture_output=True, text=True, check=False
         )
