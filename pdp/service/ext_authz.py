@@ -35,7 +35,6 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.type.v3 import http_status_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
@@ -66,6 +65,7 @@ from pdp.service.servicer import (
     DecisionServicer,
     PendingCall,
     PreparedRequest,
+    parse_message,
     time_remaining,
 )
 
@@ -235,14 +235,10 @@ class ExtAuthzServicer:
 
     def read(self, data: bytes) -> tuple[McpMapping, str, str]:
         """The MCP mapping of a raw ``CheckRequest`` (never raises), its agent, its server."""
-        message = ea.CheckRequest()
         try:
-            message.ParseFromString(data)
-        except (DecodeError, RecursionError) as exc:
-            error = _door_error(
-                "request", "malformed", f"not a valid envoy.service.auth.v3.CheckRequest ({exc})"
-            )
-            return _invalid_mapping("", error), "", ""
+            message = parse_message(ea.CheckRequest(), data)
+        except RequestError as exc:
+            return _invalid_mapping("", exc), "", ""
         attributes = message.attributes
         method = attributes.request.http.method.upper()
         agent = server = ""

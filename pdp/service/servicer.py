@@ -39,10 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from pdp._proto.pdp.v1 import decision_pb2 as pb
 from pdp.audit.record import METHOD_ALLOWED_TOOLS
@@ -398,13 +398,7 @@ class DecisionCore:
         template: Request | None = None
         listing: ToolListing | None = None
         try:
-            message = pb.AllowedToolsRequest()
-            try:
-                message.ParseFromString(data)
-            except (DecodeError, RecursionError) as exc:
-                raise RequestError(
-                    "request", "malformed", f"not a valid pdp.v1.AllowedToolsRequest ({exc})"
-                ) from None
+            message = parse_message(pb.AllowedToolsRequest(), data)
             request_json = listing_data(message, limits)
             request_json["gateway"] = grant.caller.spiffe_id
             # The one request parser; the tool is each of the server's in turn.
@@ -518,16 +512,23 @@ def time_remaining(context: Context) -> float | None:
     return remaining
 
 
-def _decode_check_request(data: bytes, limits: Limits) -> pb.CheckRequest:
-    check_request_bytes(data, limits)  # before protobuf parses what it must not
-    message = pb.CheckRequest()
+_M = TypeVar("_M", bound=Message)
+
+
+def parse_message(message: _M, data: bytes) -> _M:
+    """``message`` parsed from ``data``; a RequestError naming the message type when the
+    bytes are not one (every door decodes its requests through here)."""
     try:
         message.ParseFromString(data)
     except (DecodeError, RecursionError) as exc:
-        raise RequestError(
-            "request", "malformed", f"not a valid pdp.v1.CheckRequest message ({exc})"
-        ) from None
+        name = message.DESCRIPTOR.full_name
+        raise RequestError("request", "malformed", f"not a valid {name} message ({exc})") from None
     return message
+
+
+def _decode_check_request(data: bytes, limits: Limits) -> pb.CheckRequest:
+    check_request_bytes(data, limits)  # before protobuf parses what it must not
+    return parse_message(pb.CheckRequest(), data)
 
 
 def _listing_summary(listing: ToolListing) -> Decision:
