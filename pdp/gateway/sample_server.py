@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -21,8 +22,10 @@ from mcp.server.mcpserver import MCPServer
 SERVER_NAME = "crm"
 
 
-def build_sample_server(calls: Counter[str]) -> MCPServer:
-    server: MCPServer = MCPServer(SERVER_NAME, log_level="WARNING")
+def build_sample_server(calls: Counter[str], middleware: Sequence[Any] = ()) -> MCPServer:
+    """The sample ``crm`` server; ``middleware``: ``mcp`` ServerMiddleware in front of
+    it (e.g. pdp's own guard, :class:`pdp.client.mcp_guard.PdpGuard`)."""
+    server: MCPServer = MCPServer(SERVER_NAME, log_level="WARNING", middleware=list(middleware))
 
     @server.tool()
     def get_ticket(ticket_id: str) -> str:

@@ -34,6 +34,7 @@ from pdp.client.mcp_guard import (
     agent_from_header,
     agent_from_tls_peer,
 )
+from pdp.gateway.sample_server import build_sample_server
 from pdp.identity.bundles import TrustDomainBundles
 from pdp.identity.devca import DevCA, IssuedCert
 from pdp.mcp import INTENT_HEADER
@@ -49,24 +50,7 @@ INTENT = {
 
 
 def crm_server(calls: Counter[str], guard: PdpGuard) -> MCPServer:
-    crm = MCPServer("crm", middleware=[guard])
-
-    @crm.tool()
-    def get_ticket(ticket_id: str) -> str:
-        calls["get_ticket"] += 1
-        return f"ticket {ticket_id}: printer on fire"
-
-    @crm.tool()
-    def delete_ticket(ticket_id: str) -> str:
-        calls["delete_ticket"] += 1
-        return f"deleted {ticket_id}"
-
-    @crm.tool()
-    def search_tickets(query: str) -> list[str]:
-        calls["search_tickets"] += 1
-        return [query]
-
-    return crm
+    return build_sample_server(calls, middleware=[guard])
 
 
 class Served:
